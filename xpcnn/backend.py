@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import array_api_compat
@@ -55,7 +55,7 @@ def cuda_available() -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> Any:
     module = {"numpy": "numpy", "cupy": "cupy", "array_api_strict": "array_api_strict"}.get(
         name, name

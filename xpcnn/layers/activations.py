@@ -1,0 +1,66 @@
+"""Element-wise activations and dropout."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from xpcnn.backend import default_generator, namespace
+from xpcnn.layers.base import Layer
+
+
+class ReLU(Layer):
+    """y = max(x, 0);  dy/dx = [x > 0]."""
+
+    def forward(self, x: Any) -> Any:
+        self.mask = x > 0  # kept for backward
+        return namespace(x).where(self.mask, x, 0.0)
+
+    def backward(self, dy: Any) -> Any:
+        return namespace(dy).where(self.mask, dy, 0.0)
+
+
+class GELU(Layer):
+    """y = x·Φ(x), tanh form: y = ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³).
+
+    The array API has no erf, so this is PyTorch's `GELU(approximate="tanh")`.
+    """
+
+    C = math.sqrt(2.0 / math.pi)
+    A = 0.044715
+
+    def forward(self, x: Any) -> Any:
+        self.x = x  # kept for backward
+        self.t = namespace(x).tanh(self.C * (x + self.A * x * x * x))
+        return 0.5 * x * (1.0 + self.t)
+
+    def backward(self, dy: Any) -> Any:
+        x, t = self.x, self.t
+        du_dx = self.C * (1.0 + 3.0 * self.A * x * x)
+        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+class Dropout(Layer):
+    """Training: y = x·m / (1 − p) with m ~ Bernoulli(1 − p); evaluation: y = x."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Any) -> Any:
+        if not self.training or self.p == 0.0:
+            self.scale = None
+            return x
+        space = namespace(x)
+        keep = default_generator().uniform(x.shape, dtype=x.dtype) >= self.p
+        self.scale = space.where(keep, 1.0 / (1.0 - self.p), 0.0)  # kept for backward
+        self.scale = space.astype(self.scale, x.dtype)
+        return x * self.scale
+
+    def backward(self, dy: Any) -> Any:
+        return dy if self.scale is None else dy * self.scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

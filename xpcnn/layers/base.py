@@ -1,0 +1,214 @@
+"""Layer: parameters, gradients and buffers by name; Sequential: layers in order.
+
+Spatial layers work channels-last, x: (N, H, W, C), so that a convolution is one GEMM whose rows
+are output pixels. `Sequential` is the boundary the user sees: it takes and returns (N, C, H, W)
+batches, like PyTorch, and converts once on the way in and once on the way out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from xpcnn.backend import default_generator, dtype_of, namespace, to_numpy, xp
+
+
+def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> Any:
+    """Kaiming normal initialisation: N(0, 2 / fan_in), right for layers followed by ReLU."""
+    return default_generator().normal(shape, std=(2.0 / fan_in) ** 0.5, dtype=dtype)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
+    space = xp()
+    return space.zeros(shape, dtype=dtype_of(dtype, space))
+
+
+def ones(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
+    space = xp()
+    return space.ones(shape, dtype=dtype_of(dtype, space))
+
+
+class Layer:
+    """Base class. `params` are trained, `buffers` are state that is saved but not trained."""
+
+    def __init__(self) -> None:
+        self.params: OrderedDict[str, Any] = OrderedDict()
+        self.buffers: OrderedDict[str, Any] = OrderedDict()
+        self.gradients: dict[str, Any] = {}
+        self.training = True
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any) -> Any:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> Layer:
+        self.training = mode
+        return self
+
+    def eval(self) -> Layer:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        self.gradients.clear()
+
+    def accumulate(self, name: str, grad: Any) -> None:
+        """gradients[name] += grad (the first gradient after zero_grad is stored as it is)."""
+        if name in self.gradients:
+            self.gradients[name] += grad
+        else:
+            self.gradients[name] = grad
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        yield from self.params.items()
+
+    def named_gradients(self) -> Iterator[tuple[str, Any]]:
+        for name, value in self.params.items():
+            grad = self.gradients.get(name)
+            yield name, grad if grad is not None else namespace(value).zeros_like(value)
+
+    def grads(self) -> OrderedDict[str, Any]:
+        """Gradients under the same keys as `state_dict`'s parameters (zeros before backward)."""
+        return OrderedDict(self.named_gradients())
+
+    def named_state(self) -> Iterator[tuple[str, Any]]:
+        """Parameters then buffers, in PyTorch's state-dict order."""
+        yield from self.params.items()
+        yield from self.buffers.items()
+
+    def set_state(self, name: str, value: Any) -> None:
+        target = self.params if name in self.params else self.buffers
+        target[name] = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Sequential(Layer):
+    """Layers applied in order; takes and returns (N, C, H, W) batches at its boundary.
+
+    State-dict keys are "<index>.<name>", the same as `torch.nn.Sequential`'s.
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: Any) -> Any:
+        channels_first = x.ndim == 4
+        if channels_first:
+            x = namespace(x).permute_dims(x, (0, 2, 3, 1))
+        x = self.forward_channels_last(x)
+        if channels_first and x.ndim == 4:
+            x = namespace(x).permute_dims(x, (0, 3, 1, 2))
+        return x
+
+    def forward_channels_last(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer.forward_channels_last(x) if isinstance(layer, Sequential) else layer(x)
+        return x
+
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Accumulate parameter gradients; return dL/dx, or None when `input_grad` is False
+        (saves the first layer's input-gradient work in training)."""
+        if dy.ndim == 4:
+            dy = namespace(dy).permute_dims(dy, (0, 2, 3, 1))
+        dx = self.backward_channels_last(dy, input_grad)
+        if dx is not None and dx.ndim == 4:
+            dx = namespace(dx).permute_dims(dx, (0, 3, 1, 2))
+        return dx
+
+    def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
+        for position in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[position]
+            first = position == 0
+            if isinstance(layer, Sequential):
+                dy = layer.backward_channels_last(dy, input_grad or not first)
+            elif first and not input_grad and hasattr(layer, "backward_params"):
+                layer.backward_params(dy)
+                return None
+            else:
+                dy = layer.backward(dy)
+        return dy
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def _named(self, method: str) -> Iterator[tuple[str, Any]]:
+        for index, layer in enumerate(self.layers):
+            for name, value in getattr(layer, method)():
+                yield f"{index}.{name}", value
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        return self._named("named_parameters")
+
+    def named_gradients(self) -> Iterator[tuple[str, Any]]:
+        return self._named("named_gradients")
+
+    def named_state(self) -> Iterator[tuple[str, Any]]:
+        return self._named("named_state")
+
+    def set_state(self, name: str, value: Any) -> None:
+        index, _, rest = name.partition(".")
+        self.layers[int(index)].set_state(rest, value)
+
+    def parameters(self) -> list[Any]:
+        return [value for _, value in self.named_parameters()]
+
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Name -> array, with the keys and layouts of the equivalent `torch.nn.Sequential`."""
+        return OrderedDict(self.named_state())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load arrays of any backend (NumPy, CuPy, torch tensors via NumPy); keys and shapes must
+        match exactly."""
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [key for key in state if key not in own]
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not fit this model: missing {missing}, unexpected {unexpected}"
+            )
+        for key, current in own.items():
+            value = to_numpy(state[key])
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(current.shape)}"
+                )
+            space = namespace(current)
+            self.set_state(key, space.asarray(value, dtype=current.dtype))
+
+    def num_parameters(self) -> int:
+        total = 0
+        for _, value in self.named_parameters():
+            count = 1
+            for size in value.shape:
+                count *= size
+            total += count
+        return total
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

@@ -1,0 +1,39 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpcnn.backend import dtype_of, namespace
+from xpcnn.layers.base import Layer, he_normal, zeros
+
+
+class Dense(Layer):
+    """y = x @ W.T + b.   x: (N, in) → y: (N, out); W: (out, in) as in PyTorch's Linear."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, dtype: Any = "float32"
+    ) -> None:
+        super().__init__()
+        dtype = dtype_of(dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.params["weight"] = he_normal((out_features, in_features), in_features, dtype)
+        if bias:
+            self.params["bias"] = zeros((out_features,), dtype)
+
+    def forward(self, x: Any) -> Any:
+        self.x = x  # kept for backward
+        y = x @ self.params["weight"].T
+        return y + self.params["bias"] if "bias" in self.params else y
+
+    def backward_params(self, dy: Any) -> None:
+        self.accumulate("weight", dy.T @ self.x)
+        if "bias" in self.params:
+            self.accumulate("bias", namespace(dy).sum(dy, axis=0))
+
+    def backward(self, dy: Any) -> Any:
+        self.backward_params(dy)
+        return dy @ self.params["weight"]
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"

@@ -1,0 +1,120 @@
+"""Max and average pooling over kh×kw windows, and their global forms (channels-last)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpcnn.backend import namespace
+from xpcnn.layers.base import Layer
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class _Pool2D(Layer):
+    def __init__(
+        self, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self.kernel = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel
+        if min(self.kernel) < 1 or min(self.stride) < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
+
+    def windows(self, shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
+        """For each kernel offset, the strided input slice that holds that offset of every
+        window (floor mode: windows that do not fit are dropped, as in PyTorch)."""
+        _, h, w, _ = shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{type(self).__name__}: input {h}x{w} is smaller than the window")
+        return [
+            (slice(i, i + (oh - 1) * sh + 1, sh), slice(j, j + (ow - 1) * sw + 1, sw))
+            for i in range(kh)
+            for j in range(kw)
+        ]
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel}, stride={self.stride}"
+
+
+class MaxPool2D(_Pool2D):
+    """y = max over each window.   x: (N, H, W, C) → y: (N, OH, OW, C).
+
+    The gradient goes to the first maximum of each window (PyTorch's choice for ties).
+    """
+
+    def forward(self, x: Any) -> Any:
+        space = namespace(x)
+        self.x = x  # kept for backward: which offset held the maximum
+        y = None
+        for rows, cols in self.windows(x.shape):
+            y = x[:, rows, cols, :] if y is None else space.maximum(y, x[:, rows, cols, :])
+        self.y = y
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        space = namespace(dy)
+        dx = space.zeros(self.x.shape, dtype=dy.dtype)
+        unclaimed = None
+        for rows, cols in self.windows(self.x.shape):
+            is_max = self.x[:, rows, cols, :] == self.y
+            if unclaimed is not None:
+                is_max = is_max & unclaimed
+            dx[:, rows, cols, :] += space.where(is_max, dy, 0.0)
+            unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """y = mean over each window.   x: (N, H, W, C) → y: (N, OH, OW, C)."""
+
+    def forward(self, x: Any) -> Any:
+        self.input_shape = x.shape
+        y = None
+        for rows, cols in self.windows(x.shape):
+            y = x[:, rows, cols, :] if y is None else y + x[:, rows, cols, :]
+        return y / (self.kernel[0] * self.kernel[1])
+
+    def backward(self, dy: Any) -> Any:
+        space = namespace(dy)
+        dx = space.zeros(self.input_shape, dtype=dy.dtype)
+        share = dy / (self.kernel[0] * self.kernel[1])
+        for rows, cols in self.windows(self.input_shape):
+            dx[:, rows, cols, :] += share
+        return dx
+
+
+class GlobalAvgPool2D(Layer):
+    """y = mean over H and W.   x: (N, H, W, C) → y: (N, C)."""
+
+    def forward(self, x: Any) -> Any:
+        self.input_shape = x.shape
+        return namespace(x).mean(x, axis=(1, 2))
+
+    def backward(self, dy: Any) -> Any:
+        space = namespace(dy)
+        n, h, w, c = self.input_shape
+        return space.broadcast_to(space.reshape(dy / (h * w), (n, 1, 1, c)), self.input_shape)
+
+
+class GlobalMaxPool2D(Layer):
+    """y = max over H and W.   x: (N, H, W, C) → y: (N, C); the gradient goes to the first max."""
+
+    def forward(self, x: Any) -> Any:
+        space = namespace(x)
+        n, h, w, c = x.shape
+        flat = space.reshape(x, (n, h * w, c))
+        self.input_shape = x.shape
+        self.argmax = space.argmax(flat, axis=1)  # first maximum, as in PyTorch
+        return space.max(flat, axis=1)
+
+    def backward(self, dy: Any) -> Any:
+        space = namespace(dy)
+        n, h, w, c = self.input_shape
+        positions = space.arange(h * w, dtype=self.argmax.dtype)
+        is_max = space.reshape(positions, (1, h * w, 1)) == space.reshape(self.argmax, (n, 1, c))
+        dx = space.where(is_max, space.reshape(dy, (n, 1, c)), 0.0)
+        return space.reshape(dx, self.input_shape)

@@ -1,0 +1,27 @@
+"""Flatten: the bridge from feature maps to dense layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpcnn.backend import namespace
+from xpcnn.layers.base import Layer
+
+
+class Flatten(Layer):
+    """(N, H, W, C) → (N, C·H·W) in PyTorch's (C, H, W) order, so Dense weights are
+    interchangeable with `torch.nn.Flatten` + `Linear`; other shapes flatten as they are."""
+
+    def forward(self, x: Any) -> Any:
+        space = namespace(x)
+        self.input_shape = x.shape
+        if x.ndim == 4:
+            x = space.permute_dims(x, (0, 3, 1, 2))
+        return space.reshape(x, (x.shape[0], -1))
+
+    def backward(self, dy: Any) -> Any:
+        space = namespace(dy)
+        if len(self.input_shape) != 4:
+            return space.reshape(dy, self.input_shape)
+        n, h, w, c = self.input_shape
+        return space.permute_dims(space.reshape(dy, (n, c, h, w)), (0, 2, 3, 1))

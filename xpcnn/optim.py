@@ -1,0 +1,218 @@
+"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules, with PyTorch's update rules.
+
+Optimizers update the model's parameter arrays in place. Their state (momentum buffers, moment
+estimates, step count) is a flat dict of arrays, `state_dict()`, so checkpoints hold it as-is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+from xpcnn.backend import namespace, to_numpy
+
+
+class Optimizer:
+    def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
+        self.model, self.lr, self.weight_decay = model, lr, weight_decay
+        self.steps = 0
+        self.slots: OrderedDict[str, Any] = OrderedDict()  # name of slot.param -> array
+
+    def slot(self, kind: str, name: str, like: Any) -> Any:
+        key = f"{kind}.{name}"
+        if key not in self.slots:
+            self.slots[key] = namespace(like).zeros_like(like)
+        return self.slots[key]
+
+    def step(self) -> None:
+        self.steps += 1
+        grads = self.model.grads()
+        for name, param in self.model.named_parameters():
+            self.update(name, param, grads[name])
+
+    def update(self, name: str, param: Any, grad: Any) -> None:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad()
+
+    def state_dict(self) -> OrderedDict[str, Any]:
+        state = OrderedDict(self.slots)
+        state["steps"] = self.steps
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        params = dict(self.model.named_parameters())
+        self.steps = int(state["steps"])
+        self.slots = OrderedDict()
+        for key, value in state.items():
+            if key == "steps":
+                continue
+            name = key.partition(".")[2]
+            if name not in params:
+                raise ValueError(f"optimizer state {key!r} has no parameter {name!r} in the model")
+            like = params[name]
+            self.slots[key] = namespace(like).asarray(to_numpy(value), dtype=like.dtype)
+
+
+class SGD(Optimizer):
+    """g ← ∇ + λθ;  v ← μv + g;  θ ← θ − η·(g + μv if Nesterov else v)."""
+
+    def __init__(
+        self,
+        model: Any,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(model, lr, weight_decay)
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = momentum, nesterov
+
+    def update(self, name: str, param: Any, grad: Any) -> None:
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        if self.momentum:
+            velocity = self.slot("momentum", name, param)
+            velocity *= self.momentum
+            velocity += grad
+            grad = grad + self.momentum * velocity if self.nesterov else velocity
+        param -= self.lr * grad
+
+
+class Adam(Optimizer):
+    """m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η·m̂/(√v̂ + ε), bias-corrected.
+
+    `weight_decay` adds λθ to the gradient (L2), as PyTorch's Adam does.
+    """
+
+    decoupled = False
+
+    def __init__(
+        self,
+        model: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(model, lr, weight_decay)
+        self.betas, self.eps = betas, eps
+
+    def update(self, name: str, param: Any, grad: Any) -> None:
+        space = namespace(param)
+        beta1, beta2 = self.betas
+        if self.weight_decay and self.decoupled:
+            param *= 1.0 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            grad = grad + self.weight_decay * param
+        m = self.slot("exp_avg", name, param)
+        v = self.slot("exp_avg_sq", name, param)
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        v *= beta2
+        v += (1.0 - beta2) * grad * grad
+        m_hat_scale = 1.0 / (1.0 - beta1**self.steps)
+        v_hat_scale = 1.0 / (1.0 - beta2**self.steps)
+        param -= self.lr * (m * m_hat_scale) / (space.sqrt(v * v_hat_scale) + self.eps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: θ ← θ(1 − ηλ) before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, model: Any, lr: float = 1e-3, weight_decay: float = 0.01, **kw: Any):
+        super().__init__(model, lr=lr, weight_decay=weight_decay, **kw)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+# Learning-rate schedules: callables step -> lr, with step counted from 0.
+
+
+class Constant:
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def __call__(self, step: int) -> float:
+        return self.lr
+
+
+class StepDecay:
+    """lr · γ^⌊step / step_size⌋ (PyTorch's StepLR, counted in steps)."""
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
+        if step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size}")
+        self.lr, self.step_size, self.gamma = lr, step_size, gamma
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma ** (step // self.step_size)
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0))) / 2.0
+
+
+class Cosine:
+    """Linear warm-up from 0 over `warmup_steps`, then cosine from lr down to min_lr."""
+
+    def __init__(
+        self, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0
+    ) -> None:
+        self.lr, self.total_steps, self.warmup_steps, self.min_lr = (
+            lr,
+            total_steps,
+            warmup_steps,
+            min_lr,
+        )
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        return _cosine(self.lr, self.min_lr, (step - self.warmup_steps) / span)
+
+
+class OneCycle:
+    """PyTorch's OneCycleLR (cosine form): from max_lr/div_factor up to max_lr over the first
+    `pct_start` of the steps, then down to max_lr/(div_factor·final_div_factor)."""
+
+    def __init__(
+        self,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float = 0.25,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+    ) -> None:
+        self.max_lr, self.total_steps = max_lr, total_steps
+        self.initial_lr = max_lr / div_factor
+        self.min_lr = self.initial_lr / final_div_factor
+        self.peak_step = float(pct_start * total_steps) - 1
+
+    def __call__(self, step: int) -> float:
+        if step <= self.peak_step:
+            return _cosine(self.initial_lr, self.max_lr, step / self.peak_step)
+        span = self.total_steps - 1 - self.peak_step
+        return _cosine(self.max_lr, self.min_lr, (step - self.peak_step) / span)
+
+
+def make_schedule(name: str, lr: float, total_steps: int, steps_per_epoch: int) -> Any:
+    """The CLI's schedules: constant, step (×0.1 every third of training), cosine, onecycle."""
+    if name == "constant":
+        return Constant(lr)
+    if name == "step":
+        return StepDecay(lr, step_size=max(total_steps // 3, 1), gamma=0.1)
+    if name == "cosine":
+        return Cosine(lr, total_steps, warmup_steps=min(steps_per_epoch, total_steps // 10))
+    if name == "onecycle":
+        return OneCycle(lr, total_steps)
+    raise ValueError(f"schedule: expected constant, step, cosine or onecycle, got {name!r}")
