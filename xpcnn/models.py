@@ -63,6 +63,7 @@ def fast(
         BatchNorm2D(w3, **kw),
         GELU(),
         GlobalMaxPool2D(),
+        Flatten(),  # a no-op on (N, C); keeps state-dict indices those of PyTorch's twin
         Dense(w3, num_classes, bias=False, **kw),
     )
 

@@ -55,7 +55,7 @@ class Optimizer:
             if name not in params:
                 raise ValueError(f"optimizer state {key!r} has no parameter {name!r} in the model")
             like = params[name]
-            self.slots[key] = namespace(like).asarray(to_numpy(value), dtype=like.dtype)
+            self.slots[key] = namespace(like).asarray(to_numpy(value), dtype=like.dtype, copy=True)
 
 
 class SGD(Optimizer):
@@ -189,7 +189,7 @@ class OneCycle:
         self,
         max_lr: float,
         total_steps: int,
-        pct_start: float = 0.25,
+        pct_start: float = 0.3,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
     ) -> None:

@@ -55,8 +55,7 @@ class Dropout(Layer):
             return x
         space = namespace(x)
         keep = default_generator().uniform(x.shape, dtype=x.dtype) >= self.p
-        self.scale = space.where(keep, 1.0 / (1.0 - self.p), 0.0)  # kept for backward
-        self.scale = space.astype(self.scale, x.dtype)
+        self.scale = space.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))  # kept for backward
         return x * self.scale
 
     def backward(self, dy: Any) -> Any:

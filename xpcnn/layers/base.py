@@ -181,8 +181,8 @@ class Sequential(Layer):
         return OrderedDict(self.named_state())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load arrays of any backend (NumPy, CuPy, torch tensors via NumPy); keys and shapes must
-        match exactly."""
+        """Copy in arrays of any backend (NumPy, CuPy, torch tensors via NumPy); keys and shapes
+        must match exactly."""
         own = self.state_dict()
         missing = [key for key in own if key not in state]
         unexpected = [key for key in state if key not in own]
@@ -198,7 +198,7 @@ class Sequential(Layer):
                     f"expected {tuple(current.shape)}"
                 )
             space = namespace(current)
-            self.set_state(key, space.asarray(value, dtype=current.dtype))
+            self.set_state(key, space.asarray(value, dtype=current.dtype, copy=True))
 
     def num_parameters(self) -> int:
         total = 0

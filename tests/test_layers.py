@@ -1,0 +1,219 @@
+import numpy as np
+import pytest
+from gradcheck import gradient_error
+
+from xpcnn.backend import asarray, to_numpy
+from xpcnn.layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+)
+from xpcnn.models import build_model
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_gradients_match_finite_differences(padding, stride, bias):
+    layer = Conv2D(3, 4, kernel_size=3, stride=stride, padding=padding, bias=bias, dtype="float64")
+    assert gradient_error(layer, input_shape=(2, 6, 7, 3)) < 1e-6
+
+
+def test_conv2d_rectangular_kernel_gradients_match_finite_differences():
+    layer = Conv2D(2, 3, kernel_size=(2, 3), padding="same", dtype="float64")
+    assert gradient_error(layer, input_shape=(2, 5, 4, 2)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        MaxPool2D(2),
+        MaxPool2D(3, stride=2),
+        MaxPool2D(2, stride=1),
+        AvgPool2D(2),
+        AvgPool2D(3, stride=2),
+        GlobalAvgPool2D(),
+        GlobalMaxPool2D(),
+        ReLU(),
+        GELU(),
+        Flatten(),
+    ],
+    ids=repr,
+)
+def test_parameterless_layer_gradients_match_finite_differences(layer):
+    assert gradient_error(layer, input_shape=(2, 6, 7, 3)) < 1e-6
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gradients_match_finite_differences(bias):
+    assert gradient_error(Dense(5, 4, bias=bias, dtype="float64"), input_shape=(3, 5)) < 1e-6
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_gradients_match_finite_differences(training):
+    layer = BatchNorm2D(3, dtype="float64").train(training)
+    layer.set_state("weight", asarray(np.array([0.5, 1.5, -2.0])))
+    layer.set_state("running_var", asarray(np.array([0.7, 1.3, 2.0])))
+    assert gradient_error(layer, input_shape=(4, 3, 3, 3)) < 1e-6
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm1d_gradients_match_finite_differences(training):
+    layer = BatchNorm1D(5, dtype="float64").train(training)
+    assert gradient_error(layer, input_shape=(6, 5)) < 1e-6
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_gradients_match_finite_differences(training):
+    layer = Dropout(0.3).train(training)
+    assert gradient_error(layer, input_shape=(4, 10)) < 1e-6
+
+
+def test_sequential_gradients_match_finite_differences_through_nchw_boundary():
+    model = Sequential(
+        Conv2D(2, 3, 3, bias=False, dtype="float64"),  # a bias before BN has zero gradient
+        BatchNorm2D(3, dtype="float64"),
+        GELU(),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(12, 4, dtype="float64"),
+    )
+    assert gradient_error(model, input_shape=(2, 2, 4, 4)) < 1e-6
+
+
+def test_conv2d_known_answer_sums_3x3_neighbourhood():
+    layer = Conv2D(1, 1, kernel_size=3, padding="same", bias=False, dtype="float64")
+    layer.set_state("weight", asarray(np.ones((1, 1, 3, 3))))
+    x = np.arange(16.0).reshape(1, 4, 4, 1)
+    expected = np.array(
+        [
+            [10, 18, 24, 18],
+            [27, 45, 54, 39],
+            [51, 81, 90, 63],
+            [42, 66, 72, 50],
+        ],
+        dtype=float,
+    )
+    assert np.array_equal(to_numpy(layer(asarray(x)))[0, :, :, 0], expected)
+
+
+def test_conv2d_known_answer_strided_valid_with_bias():
+    layer = Conv2D(1, 2, kernel_size=2, stride=2, padding="valid", dtype="float64")
+    weight = np.array(
+        [[[[1, 0], [0, 0]]], [[[0, 0], [0, 1]]]], dtype=float
+    )  # pick top-left, bottom-right
+    layer.set_state("weight", asarray(weight))
+    layer.set_state("bias", asarray(np.array([0.0, 100.0])))
+    x = np.arange(16.0).reshape(1, 4, 4, 1)
+    y = to_numpy(layer(asarray(x)))
+    assert y.shape == (1, 2, 2, 2)
+    assert np.array_equal(y[0, :, :, 0], [[0, 2], [8, 10]])
+    assert np.array_equal(y[0, :, :, 1], [[105, 107], [113, 115]])
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "expected"),
+    [
+        (32, 3, 1, "same", 32),
+        (32, 3, 2, "same", 16),
+        (7, 3, 2, "same", 4),
+        (32, 3, 1, "valid", 30),
+        (32, 5, 1, 2, 32),
+        (7, 3, 2, 0, 3),
+    ],
+)
+def test_conv2d_output_shape(size, kernel, stride, padding, expected):
+    layer = Conv2D(3, 5, kernel, stride=stride, padding=padding)
+    assert layer(asarray(np.zeros((2, size, size, 3), dtype=np.float32))).shape == (
+        2,
+        expected,
+        expected,
+        5,
+    )
+
+
+def test_maxpool_known_answer_and_gradient_goes_to_first_maximum():
+    pool = MaxPool2D(2)
+    x = np.array([[1, 3, 2, 2], [4, 0, 2, 1], [5, 6, 7, 8], [9, 9, 0, 1]], dtype=float)
+    y = to_numpy(pool(asarray(x.reshape(1, 4, 4, 1))))
+    assert np.array_equal(y[0, :, :, 0], [[4, 2], [9, 8]])
+    dx = to_numpy(pool.backward(asarray(np.ones((1, 2, 2, 1)))))[0, :, :, 0]
+    assert np.array_equal(dx, [[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
+
+
+def test_avgpool_known_answer_drops_incomplete_windows():
+    x = np.arange(25.0).reshape(1, 5, 5, 1)
+    y = to_numpy(AvgPool2D(2)(asarray(x)))[0, :, :, 0]
+    assert np.array_equal(y, [[3, 5], [13, 15]])
+
+
+def test_global_pools_known_answer():
+    x = np.arange(24.0).reshape(2, 2, 3, 2)
+    assert np.array_equal(to_numpy(GlobalAvgPool2D()(asarray(x))), x.mean(axis=(1, 2)))
+    assert np.array_equal(to_numpy(GlobalMaxPool2D()(asarray(x))), x.max(axis=(1, 2)))
+
+
+def test_batchnorm_running_statistics_follow_pytorch_update():
+    layer = BatchNorm2D(2, momentum=0.1, dtype="float64")
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 3, 3, 2))
+    layer(asarray(x))
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2), ddof=1)
+    assert np.allclose(to_numpy(layer.buffers["running_mean"]), 0.1 * mean)
+    assert np.allclose(to_numpy(layer.buffers["running_var"]), 0.9 + 0.1 * var)
+    assert int(layer.buffers["num_batches_tracked"]) == 1
+
+
+def test_batchnorm_eval_uses_running_statistics():
+    layer = BatchNorm1D(2, dtype="float64").eval()
+    layer.set_state("running_mean", asarray(np.array([1.0, -1.0])))
+    layer.set_state("running_var", asarray(np.array([4.0, 0.25])))
+    y = to_numpy(layer(asarray(np.array([[3.0, 0.0]]))))
+    assert np.allclose(y, [[2.0 / np.sqrt(4 + 1e-5), 1.0 / np.sqrt(0.25 + 1e-5)]])
+
+
+def test_dropout_scales_kept_units_and_is_identity_in_eval():
+    layer = Dropout(0.25)
+    y = to_numpy(layer(asarray(np.ones((200, 50), dtype=np.float32))))
+    assert set(np.unique(y)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.02
+    layer.eval()
+    assert np.array_equal(
+        to_numpy(layer(asarray(np.ones((3, 4), dtype=np.float32)))), np.ones((3, 4))
+    )
+
+
+def test_layers_are_float32_by_default():
+    model = build_model("seed")
+    assert all(str(v.dtype).endswith("float32") for v in model.parameters())
+    y = model(asarray(np.zeros((2, 3, 32, 32), dtype=np.float32)))
+    assert str(y.dtype).endswith("float32")
+
+
+def test_he_initialisation_has_variance_two_over_fan_in():
+    layer = Conv2D(64, 128, 3, dtype="float64")
+    weight = to_numpy(layer.params["weight"])
+    assert abs(weight.var() - 2.0 / (64 * 9)) / (2.0 / (64 * 9)) < 0.02
+    assert np.all(to_numpy(layer.params["bias"]) == 0)
+
+
+def test_state_dict_round_trips_and_rejects_wrong_shapes():
+    model, other = build_model("seed"), build_model("seed")
+    other.load_state_dict({k: to_numpy(v) for k, v in model.state_dict().items()})
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert np.array_equal(to_numpy(a), to_numpy(b)), k
+    bad = dict(model.state_dict())
+    bad["0.weight"] = np.zeros((32, 3, 5, 5), dtype=np.float32)
+    with pytest.raises(ValueError, match="0.weight"):
+        other.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({})

@@ -1,0 +1,101 @@
+"""xpcnn against PyTorch as an oracle: same weights in, same outputs and gradients out."""
+
+import numpy as np
+import pytest
+
+from xpcnn.backend import asarray, to_numpy
+from xpcnn.losses import cross_entropy
+from xpcnn.models import build_model
+
+torch = pytest.importorskip("torch", reason="PyTorch is the oracle here; pip install torch")
+nn = torch.nn
+
+
+def torch_seed():
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4096, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    ).double()
+
+
+def torch_fast(width=8):
+    w1, w2, w3 = width, 2 * width, 4 * width
+    gelu = lambda: nn.GELU(approximate="tanh")  # noqa: E731
+    return nn.Sequential(
+        nn.Conv2d(3, w1 // 2, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w1 // 2),
+        gelu(),
+        nn.Conv2d(w1 // 2, w1, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(w1),
+        gelu(),
+        nn.Conv2d(w1, w2, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(w2),
+        gelu(),
+        nn.Conv2d(w2, w3, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(w3),
+        gelu(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(w3, 10, bias=False),
+    ).double()
+
+
+@pytest.mark.parametrize(
+    ("name", "reference", "kwargs"),
+    [
+        ("seed", torch_seed, {}),
+        ("fast", torch_fast, {"width": 8}),
+    ],
+)
+def test_preset_matches_pytorch_forward_backward_and_running_stats(name, reference, kwargs):
+    model = build_model(name, dtype="float64", **kwargs)
+    twin = reference()
+    twin.load_state_dict(
+        {k: torch.from_numpy(to_numpy(v).copy()) for k, v in model.state_dict().items()}
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 32, 32)), np.array([1, 2, 3, 9])
+    logits = model(asarray(x))
+    loss, grad = cross_entropy(logits, asarray(y), label_smoothing=0.1)
+    model.zero_grad()
+    dx = model.backward(grad)
+    tx = torch.from_numpy(x).requires_grad_()
+    tlogits = twin(tx)
+    tloss = nn.functional.cross_entropy(tlogits, torch.from_numpy(y), label_smoothing=0.1)
+    tloss.backward()
+    assert np.allclose(to_numpy(logits), tlogits.detach().numpy(), rtol=1e-10, atol=1e-10)
+    assert abs(float(loss) - tloss.item()) < 1e-12
+    assert np.allclose(to_numpy(dx), tx.grad.numpy(), atol=1e-12)
+    torch_grads = {k: p.grad.numpy() for k, p in twin.named_parameters()}
+    for key, value in model.grads().items():
+        assert np.allclose(to_numpy(value), torch_grads[key], atol=1e-11), key
+    torch_state = twin.state_dict()
+    for key, value in model.state_dict().items():
+        assert np.allclose(to_numpy(value), torch_state[key].numpy(), atol=1e-12), key
+
+
+@pytest.mark.parametrize(("stride", "padding"), [(1, "same"), (2, 1), (2, 0), (1, 2)])
+def test_conv2d_matches_pytorch_for_stride_and_padding(stride, padding):
+    from xpcnn.layers import Conv2D, Sequential
+
+    model = Sequential(Conv2D(3, 5, 3, stride=stride, padding=padding, dtype="float64"))
+    twin = nn.Conv2d(3, 5, 3, stride=stride, padding=padding).double()
+    twin.load_state_dict(
+        {
+            k.split(".", 1)[1]: torch.from_numpy(to_numpy(v).copy())
+            for k, v in model.state_dict().items()
+        }
+    )
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 9))
+    assert np.allclose(to_numpy(model(asarray(x))), twin(torch.from_numpy(x)).detach().numpy())
