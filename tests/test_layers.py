@@ -209,7 +209,7 @@ def test_he_initialisation_has_variance_two_over_fan_in():
 def test_state_dict_round_trips_and_rejects_wrong_shapes():
     model, other = build_model("seed"), build_model("seed")
     other.load_state_dict({k: to_numpy(v) for k, v in model.state_dict().items()})
-    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert np.array_equal(to_numpy(a), to_numpy(b)), k
     bad = dict(model.state_dict())
     bad["0.weight"] = np.zeros((32, 3, 5, 5), dtype=np.float32)
