@@ -49,6 +49,7 @@ else
     mirror=$(awk '$1 == "URIs:" { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     mirror=${mirror:-http://deb.debian.org/debian}
     rootfs=$(mktemp -d /var/tmp/xpcnn-rootfs.XXXXXX)
+    chmod 755 "$rootfs"  # it becomes the image's /, which mktemp would leave readable by root only
     trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$rootfs" "$mirror"
