@@ -1,0 +1,206 @@
+"""Labelled image trees: ROOT/<class>/*.{png,jpg,jpeg,bmp} as a folder or inside a tar/zip archive
+(optionally under one top folder such as train/), decoded with Pillow to uint8 RGB.
+
+Archives are read in one pass without extracting; big sets are decoded by worker processes
+while the archive is still being read.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from xpcnn.data.archives import iter_members
+from xpcnn.data.dataset import DataError, Dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+EXPECTED = "ROOT/<class>/*.png|jpg|jpeg|bmp"
+_CHUNK = 2048  # images per decoding task
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def read_image_tree(path: Path, size: tuple[int, int] | None = None) -> Dataset:
+    """All images under `path` (folder or archive) with labels from their class folder.
+
+    size: (H, W) to resize every image to; None keeps the images' own size, which must then
+    be the same for all of them.
+    """
+    entries = _folder_entries(path) if path.is_dir() else _archive_entries(path)
+    names, images, resized = _decode_all(entries, size, path)
+    if not names:
+        raise DataError(f"{path}: no images (expected {EXPECTED})")
+    relative = _class_paths(names, path)
+    # archive order is arbitrary: sort by (class, path) so a folder and its archive agree
+    order = sorted((i for i, p in enumerate(relative) if len(p) > 1), key=lambda i: relative[i])
+    classes = sorted({relative[i][0] for i in order})
+    index = {name: label for label, name in enumerate(classes)}
+    labels = np.array([index[relative[i][0]] for i in order], dtype=np.int64)
+    notes = []
+    if len(order) < len(relative):
+        notes.append(f"ignored {len(relative) - len(order)} images outside the class folders")
+    if resized:
+        h, w = images.shape[2:]
+        notes.append(f"resized {resized} of {len(labels)} images to {h}x{w} (height x width)")
+    return Dataset(images[order], labels, classes, has_test=False, source=str(path), notes=notes)
+
+
+def _folder_entries(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(root).parts
+        for name in sorted(files):
+            if is_image_name(name):
+                file = Path(folder, name)
+                yield (*rel, name), file.read_bytes
+
+
+def _archive_entries(archive: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+    for parts, read in iter_members(archive):
+        if is_image_name(parts[-1]) and "__MACOSX" not in parts:
+            yield parts, read
+
+
+def _class_paths(names: list[tuple[str, ...]], root: Path) -> list[tuple[str, ...]]:
+    """Paths relative to the class folders' parent: drop one top folder that all share
+    (train/<class>/x.png) when the images still sit in class folders without it."""
+    if all(len(p) >= 3 for p in names) and len({p[0] for p in names}) == 1:
+        names = [p[1:] for p in names]
+    if all(len(p) < 2 for p in names):
+        raise DataError(f"{root}: has no class folders (expected {EXPECTED})")
+    return names
+
+
+def _decode_all(
+    entries: Iterable[tuple[tuple[str, ...], Callable[[], bytes]]],
+    size: tuple[int, int] | None,
+    root: Path,
+) -> tuple[list[tuple[str, ...]], np.ndarray, int]:
+    """(names, images uint8 (N, 3, H, W), number resized); errors name the file.
+
+    Chunks go to worker processes as soon as one is full, so decoding overlaps reading.
+    """
+    resize = size is not None
+    names: list[tuple[str, ...]] = []
+    blobs: list[bytes] = []
+    futures: list[Future] = []
+    pool: Executor | None = None
+    try:
+        for parts, read in entries:
+            names.append(parts)
+            blobs.append(read())
+            if size is None:
+                size = _image_size(blobs[0], _display(root, parts))
+            if len(blobs) == _CHUNK:
+                pool = pool or _worker_pool()
+                futures.append(_submit(pool, blobs, size, resize))
+                blobs = []
+        if not names:
+            return names, np.zeros((0, 3, 1, 1), np.uint8), 0
+        futures.append(_submit(None, blobs, size, resize))  # while the workers finish theirs
+        results = [future.result() for future in futures]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    chunks, resized = [], 0
+    for k, (images, failures, n_resized) in enumerate(results):
+        if failures:
+            i, problem = failures[0]
+            raise DataError(f"{_display(root, names[k * _CHUNK + i])}: {problem}")
+        chunks.append(images)
+        resized += n_resized
+    return names, np.concatenate(chunks), resized
+
+
+def _image_size(blob: bytes, name: str) -> tuple[int, int]:
+    """(H, W) of an encoded image."""
+    try:
+        width, height = Image.open(io.BytesIO(blob)).size
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(
+            f"{name}: unreadable image ({err}); expected a PNG, JPEG or BMP file"
+        ) from None
+    return height, width
+
+
+def _display(root: Path, parts: tuple[str, ...]) -> str:
+    return str(root.joinpath(*parts)) if root.is_dir() else f"{root}:{'/'.join(parts)}"
+
+
+def _worker_pool() -> Executor | None:
+    """Worker processes for decoding, or None to decode here.
+
+    Only `fork` is used: `spawn` and `forkserver` re-run the user's __main__ module, which breaks
+    scripts without an `if __name__ == "__main__"` guard. Forking a process that runs other
+    threads can deadlock, so then we decode here too.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cpus or 1) < 2 or threading.active_count() > 1:
+        return None
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return ProcessPoolExecutor(min(cpus, 8), mp_context=multiprocessing.get_context("fork"))
+
+
+def decode_chunk(
+    blobs: list[bytes], size: tuple[int, int], resize: bool
+) -> tuple[np.ndarray, list[tuple[int, str]], int]:
+    """Decode encoded images to uint8 (n, 3, H, W): (images, [(index, problem)], n resized).
+
+    Runs in worker processes, so problems come back as values, not exceptions.
+    """
+    h, w = size
+    out = np.zeros((len(blobs), 3, h, w), dtype=np.uint8)
+    failures, resized = [], 0
+    for i, blob in enumerate(blobs):
+        try:
+            image = Image.open(io.BytesIO(blob))
+            image = image if image.mode == "RGB" else image.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            failures.append((i, f"unreadable image ({err}); expected a PNG, JPEG or BMP file"))
+            continue
+        if image.size != (w, h):
+            if not resize:
+                failures.append((
+                    i, f"is {image.height}x{image.width} but the first image is {h}x{w} "
+                    "(height x width); pass size=(H, W) to resize all images",
+                ))  # fmt: skip
+                continue
+            image = image.resize((w, h), Image.Resampling.BILINEAR)
+            resized += 1
+        out[i] = np.asarray(image).transpose(2, 0, 1)
+    return out, failures, resized
+
+
+def _submit(pool: Executor | None, blobs: list[bytes], size: tuple[int, int], resize: bool):
+    if pool is None:
+        done: Future = Future()
+        done.set_result(decode_chunk(blobs, size, resize))
+        return done
+    return pool.submit(decode_chunk, blobs, size, resize)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (N, C, H, W) resized to (H', W') with Pillow's bilinear filter, one image at a time."""
+    h, w = size
+    if images.shape[2:] == (h, w):
+        return images
+    out = np.empty((*images.shape[:2], h, w), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)).squeeze())
+        out[i] = (
+            np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
+            .reshape(h, w, -1)
+            .transpose(2, 0, 1)
+        )
+    return out

@@ -1,0 +1,192 @@
+"""`load_dataset`: one entry point for every source, with a decoded cache for archives and folders.
+
+The cache is one uncompressed .npz per (source, split, size) in <data home>/decoded/, keyed by the
+source's resolved path, byte size and modification time, so editing the source invalidates it.
+It is written to a temporary file and renamed, so a failed write leaves the old cache intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from xpcnn.data.cifar10 import fetch_cifar10, read_cifar10, source_format
+from xpcnn.data.dataset import DataError, Dataset, data_home
+from xpcnn.data.images import read_image_tree, resize_images
+
+SPLITS = ("train", "test", "all")
+CACHE_VERSION = 1
+OFFICIAL = ("cifar10", "cifar-10")
+
+
+def load_dataset(
+    source: str | os.PathLike,
+    split: str = "train",
+    size: int | tuple[int, int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Images (uint8, (N, C, H, W), host) and labels from `source`.
+
+    source: "cifar10" (downloaded once into the data home), a CIFAR-10 binary or python archive
+        or extracted folder, an image folder ROOT/<class>/*.png|jpg|jpeg|bmp, or such a folder
+        inside a .tar, .tar.gz, .tgz or .zip (possibly under one top folder).
+    split: "train", "test" or "all"; an image folder or archive has no official split, so every
+        split is all of it (`Dataset.has_test` says which kind of source it was).
+    size: height and width (an int for square) to resize every image to; None keeps the source's
+        size (an image folder's images must then all have the same size).
+    cache_dir: data home for downloads and decoded caches; default $XPCNN_DATA or ~/.cache/xpcnn.
+    progress: show a download progress bar on stderr.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+    size = _as_size(size)
+    home = data_home(cache_dir)
+    if str(source).lower() in OFFICIAL:
+        archive = home / "cifar-10-binary.tar.gz"
+
+        def read_split(s: str) -> Dataset:
+            return _resized(read_cifar10(fetch_cifar10(home, progress), "binary", s), size)
+
+        return _cifar10(archive, split, size, home, read_split, cache=True)
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file or folder (expected 'cifar10', an image folder or a "
+            ".tar/.tar.gz/.zip archive)"
+        )
+    fmt = source_format(path)
+    if fmt is None:  # an image tree: one split, all of it
+        return _cached(path, "all", size, home, lambda: read_image_tree(path, size))
+
+    def read_split(s: str) -> Dataset:
+        return _resized(read_cifar10(path, fmt, s), size)
+
+    return _cifar10(path, split, size, home, read_split, cache=path.is_file())
+
+
+def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h < 1 or w < 1:
+        raise DataError(f"size={size!r}: expected positive height and width")
+    return int(h), int(w)
+
+
+def _resized(dataset: Dataset, size: tuple[int, int] | None) -> Dataset:
+    if size is None or dataset.images.shape[2:] == size:
+        return dataset
+    dataset.images = resize_images(dataset.images, size)
+    dataset.notes.append(f"resized {len(dataset)} images to {size[0]}x{size[1]}")
+    return dataset
+
+
+def _cifar10(
+    path: Path,
+    split: str,
+    size: tuple[int, int] | None,
+    home: Path,
+    read_split: Callable[[str], Dataset],
+    cache: bool,
+) -> Dataset:
+    """One split, or train then test for "all"; archives go through the decoded cache."""
+    parts = []
+    for s in ("train", "test") if split == "all" else (split,):
+        parts.append(
+            _cached(path, s, size, home, lambda s=s: read_split(s)) if cache else read_split(s)
+        )
+    if len(parts) == 1:
+        return parts[0]
+    train, test = parts
+    return Dataset(
+        np.concatenate([train.images, test.images]),
+        np.concatenate([train.labels, test.labels]),
+        train.classes,
+        has_test=True,
+        source=train.source,
+        notes=train.notes + test.notes,
+    )
+
+
+def _cached(
+    path: Path, split: str, size: tuple[int, int] | None, home: Path, read: Callable[[], Dataset]
+) -> Dataset:
+    if path.exists():
+        dataset = _load_cache(_cache_file(path, split, size, home))
+        if dataset is not None:
+            return dataset
+    dataset = read()
+    _save_cache(_cache_file(path, split, size, home), dataset)
+    return dataset
+
+
+def _cache_file(path: Path, split: str, size: tuple[int, int] | None, home: Path) -> Path:
+    """<home>/decoded/<name>-<split>-<key>.npz; the key changes whenever the source does."""
+    path = path.resolve()
+    if path.is_dir():  # a folder's own mtime misses edited files: stat every file
+        stamp = [
+            (str(Path(folder, f).relative_to(path)), *_stat(Path(folder, f)))
+            for folder, _, files in sorted(os.walk(path))
+            for f in sorted(files)
+        ]
+    else:
+        stamp = _stat(path)
+    blob = json.dumps([CACHE_VERSION, str(path), split, size, stamp])
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return home / "decoded" / f"{path.name}-{split}-{key}.npz"
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_cache(file: Path) -> Dataset | None:
+    """The cached dataset, or None when there is none or it is unreadable (it is then rebuilt)."""
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as saved:
+            images, labels = saved["images"], saved["labels"]
+            classes = [str(c) for c in saved["classes"]]
+            has_test, source = bool(saved["has_test"]), str(saved["source"])
+            notes = [str(n) for n in saved["notes"]]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
+        return None
+    notes.append(f"decoded images from the cache {file}")
+    return Dataset(images, labels, classes, has_test, source, notes)
+
+
+def _save_cache(file: Path, dataset: Dataset) -> None:
+    """Write atomically (temporary file, then rename); if that fails, note it and go on."""
+    tmp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=file.parent)
+        with os.fdopen(fd, "wb") as out:
+            np.savez(
+                out,
+                images=dataset.images,
+                labels=dataset.labels,
+                classes=np.array(dataset.classes, dtype=str),
+                has_test=np.array(dataset.has_test),
+                source=np.array(dataset.source),
+                notes=np.array(dataset.notes, dtype=str),
+            )
+        os.replace(tmp, file)
+        tmp = None
+    except OSError as err:
+        dataset.notes.append(f"could not write the cache {file} ({err.strerror or err})")
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
