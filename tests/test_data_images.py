@@ -1,4 +1,4 @@
-"""Image folders: as a folder, tar, tar.gz and zip; class order, sizes, the decoded cache, bad input."""
+"""Image folders as a folder, tar, tar.gz and zip: class order, sizes, decoded cache, bad input."""
 
 import io
 import os
