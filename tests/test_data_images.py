@@ -189,6 +189,9 @@ def test_decoding_in_worker_chunks_keeps_order_and_names_bad_files(tmp_path, mon
          r"no images \(expected ROOT/<class>/"),
         (lambda root: (root / "cat").mkdir() or (root / "cat" / "a.jpg").write_bytes(b"JFIF?"),
          r"cat/a.jpg: unreadable image"),
+        (lambda root: (root / "cat").mkdir() or (root / "cat" / "cut.png").write_bytes(
+            png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))[:300]),
+         r"cat/cut.png: unreadable image \(image file is truncated"),
     ],
 )  # fmt: skip
 def test_bad_folders_give_one_line_errors(tmp_path, make, message):
