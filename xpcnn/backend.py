@@ -8,6 +8,7 @@ small functions below, one per gap of the array API standard:
     Generator       seeded random numbers made on the array's device
     to_numpy        device array -> host NumPy array
     asarray         host data -> array of the active backend (on its device)
+    sliding_windows every kh×kw window of an image batch, a strided view where the library has one
     synchronize     wait for queued device work (timing)
     device_info     name and memory of the device, for `xpcnn info`
 """
@@ -114,6 +115,31 @@ def dtype_of(name_or_dtype: Any, space: Any = None) -> Any:
     """A dtype of `space` from its name ("float32") or pass a dtype through."""
     space = space or xp()
     return getattr(space, name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+
+
+def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
+    """x: (N, H, W, C) → (N, OH, OW, kh, kw, C), every window of x (no padding; floor mode).
+
+    NumPy and CuPy return a read-only strided view (no copy); other namespaces get one strided
+    slice copy per window offset.
+    """
+    space = namespace(x)
+    n, h, w, c = x.shape
+    kh, kw = window
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    if is_numpy(space) or is_cupy(space):
+        lib = np if is_numpy(space) else importlib.import_module("cupy")
+        sn, sh, sw, sc = x.strides
+        return lib.lib.stride_tricks.as_strided(
+            x, (n, oh, ow, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc)
+        )
+    windows = space.zeros((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + (oh - 1) * stride + 1, stride)
+            cols = slice(j, j + (ow - 1) * stride + 1, stride)
+            windows[:, :, :, i, j, :] = x[:, rows, cols, :]
+    return windows
 
 
 def synchronize() -> None:

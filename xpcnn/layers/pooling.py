@@ -58,12 +58,17 @@ class MaxPool2D(_Pool2D):
     def backward(self, dy: Any) -> Any:
         space = namespace(dy)
         dx = space.zeros(self.x.shape, dtype=dy.dtype)
+        overlapping = self.stride[0] < self.kernel[0] or self.stride[1] < self.kernel[1]
         unclaimed = None
         for rows, cols in self.windows(self.x.shape):
             is_max = self.x[:, rows, cols, :] == self.y
             if unclaimed is not None:
                 is_max = is_max & unclaimed
-            dx[:, rows, cols, :] += space.where(is_max, dy, 0.0)
+            share = dy * space.astype(is_max, dy.dtype)  # NumPy's `where` is far slower
+            if overlapping:
+                dx[:, rows, cols, :] += share
+            else:  # each input pixel is in one window: assign, no read-modify-write
+                dx[:, rows, cols, :] = share
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
         return dx
 

@@ -1,0 +1,420 @@
+"""`xpcnn bench`: training and evaluation throughput against PyTorch, in the same process.
+
+For each preset and batch size, xpcnn and its PyTorch twin (same layers, same weights, same
+optimizer) take turns: `rounds` times, `steps` timed steps of one, then of the other. Medians of
+the per-step times give the ratio xpcnn / PyTorch. The floor is the network's FLOPs divided by
+the float32 GEMM rate measured here. Peak memory of a training epoch is measured per framework in
+a fresh subprocess (peak RSS above the process's state before training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from xpcnn import __version__
+from xpcnn.backend import asarray, backend_name, manual_seed, synchronize, to_numpy
+from xpcnn.layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+)
+from xpcnn.layers.conv import output_size, resolve_padding
+from xpcnn.models import build_model
+from xpcnn.optim import SGD
+from xpcnn.train import train_step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default="seed,fast", help="presets, comma-separated")
+    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-peer", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument(
+        "--memory-images",
+        type=int,
+        default=0,
+        help="also measure peak memory of a training epoch of this many images (0: skip)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+# --- the network as arithmetic -------------------------------------------------------------
+
+
+def flops_per_image(model: Sequential, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(forward, training) multiply-add FLOPs per image of conv and dense layers.
+
+    Training = forward + weight gradient + input gradient, the first layer's input gradient
+    excluded (nobody computes it).
+    """
+    _, h, w = image_shape
+    forward = training = 0
+    first = True
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            (kh, kw), s = layer.kernel, layer.stride
+            h = output_size(h, kh, s, resolve_padding(layer.padding, h, kh, s))
+            w = output_size(w, kw, s, resolve_padding(layer.padding, w, kw, s))
+            f = 2 * kh * kw * layer.in_channels * layer.out_channels * h * w
+        elif isinstance(layer, Dense):
+            f = 2 * layer.in_features * layer.out_features
+        else:
+            if isinstance(layer, (MaxPool2D, AvgPool2D)):
+                h = (h - layer.kernel[0]) // layer.stride[0] + 1
+                w = (w - layer.kernel[1]) // layer.stride[1] + 1
+            continue
+        forward += f
+        training += f * (2 if first else 3)
+        first = False
+    return forward, training
+
+
+def gemm_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 GEMM rate of NumPy's BLAS on this machine (best of `repeats`)."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    with _blas_threads(threads):
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+# --- PyTorch twin ---------------------------------------------------------------------------
+
+
+def torch_twin(model: Sequential) -> Any:
+    """The same network in PyTorch, one module per xpcnn layer (so state-dict keys match),
+    loaded with the same weights."""
+    import torch
+    from torch import nn
+
+    def convert(layer: Any) -> Any:
+        if isinstance(layer, Sequential):
+            return nn.Sequential(*[convert(inner) for inner in layer.layers])
+        if isinstance(layer, Conv2D):
+            padding = layer.padding
+            if padding == "same" and layer.stride > 1:
+                padding = layer.kernel[0] // 2  # odd kernels: the symmetric form of "same"
+            return nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel,
+                stride=layer.stride,
+                padding=padding,
+                bias="bias" in layer.params,
+            )
+        if isinstance(layer, Dense):
+            return nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
+        if isinstance(layer, BatchNorm2D):
+            return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        if isinstance(layer, BatchNorm1D):
+            return nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        if isinstance(layer, MaxPool2D):
+            return nn.MaxPool2d(layer.kernel, layer.stride)
+        if isinstance(layer, AvgPool2D):
+            return nn.AvgPool2d(layer.kernel, layer.stride)
+        simple = {
+            ReLU: nn.ReLU,
+            Flatten: nn.Flatten,
+            GlobalMaxPool2D: lambda: nn.AdaptiveMaxPool2d(1),
+            GlobalAvgPool2D: lambda: nn.AdaptiveAvgPool2d(1),
+            GELU: lambda: nn.GELU(approximate="tanh"),
+        }
+        if isinstance(layer, Dropout):
+            return nn.Dropout(layer.p)
+        for kind, make in simple.items():
+            if isinstance(layer, kind):
+                return make()
+        raise TypeError(f"no PyTorch twin for {type(layer).__name__}")
+
+    twin = convert(model)
+    twin.load_state_dict(
+        {k: torch.from_numpy(np.array(to_numpy(v))) for k, v in model.state_dict().items()}
+    )
+    return twin
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class _blas_threads:
+    """Limit NumPy's BLAS (and OpenMP) to n threads while inside, when threadpoolctl exists."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.limiter = n, None
+
+    def __enter__(self) -> _blas_threads:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            self.limiter = threadpool_limits(self.n)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.limiter is not None:
+            self.limiter.restore_original_limits()
+
+
+def _xpcnn_runner(model: Sequential, batch: int, image_shape: tuple[int, ...]):
+    rng = np.random.default_rng(0)
+    x = asarray(rng.standard_normal((batch, *image_shape), dtype=np.float32))
+    y = asarray(rng.integers(0, 10, batch), "int64")
+    optimizer = SGD(model, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            train_step(model, optimizer, x, y)
+        synchronize()
+
+    def evaluate(steps: int) -> None:
+        model.eval()
+        for _ in range(steps):
+            model(x)
+        synchronize()
+        model.train()
+
+    return train, evaluate
+
+
+def _torch_runner(twin: Any, batch: int, image_shape: tuple[int, ...]):
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, *image_shape), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, batch))
+    optimizer = torch.optim.SGD(
+        twin.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(twin(x), y).backward()
+            optimizer.step()
+
+    def evaluate(steps: int) -> None:
+        twin.eval()
+        with torch.no_grad():
+            for _ in range(steps):
+                twin(x)
+        twin.train()
+
+    return train, evaluate
+
+
+def _alternate(runners: dict[str, Any], steps: int, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each runner, timed in alternating rounds after a warm-up."""
+    for run in runners.values():
+        run(2)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            samples[name].append(_timed(lambda run=run: run(steps)) / steps)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_case(name: str, batch: int, args: argparse.Namespace, peer: bool) -> dict[str, Any]:
+    image_shape = (3, 32, 32)
+    manual_seed(0)
+    model = build_model(name)
+    forward_flops, training_flops = flops_per_image(model, image_shape)
+    train_x, eval_x = _xpcnn_runner(model, batch, image_shape)
+    train_runners, eval_runners = {"xpcnn": train_x}, {"xpcnn": eval_x}
+    if peer:
+        twin = torch_twin(model)
+        train_t, eval_t = _torch_runner(twin, batch, image_shape)
+        train_runners["torch"], eval_runners["torch"] = train_t, eval_t
+    train_s = _alternate(train_runners, args.steps, args.rounds)
+    eval_s = _alternate(eval_runners, args.steps, args.rounds)
+    result: dict[str, Any] = {
+        "model": name,
+        "batch": batch,
+        "train_mflop_per_image": training_flops / 1e6,
+        "forward_mflop_per_image": forward_flops / 1e6,
+    }
+    for who in train_s:
+        result[f"{who}_train_ms"] = train_s[who] * 1e3
+        result[f"{who}_train_img_s"] = batch / train_s[who]
+        result[f"{who}_eval_img_s"] = batch / eval_s[who]
+    if peer:
+        result["train_ratio"] = train_s["xpcnn"] / train_s["torch"]
+        result["eval_ratio"] = eval_s["xpcnn"] / eval_s["torch"]
+    return result
+
+
+def peak_memory_mib(framework: str, name: str, batch: int, images: int, threads: int) -> float:
+    """Peak RSS growth (MiB) of a fresh process training one epoch of `images` images."""
+    code = (
+        "import sys; from xpcnn.bench import _memory_child; "
+        "before, after = _memory_child(*sys.argv[1:]); print(after - before)"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        [sys.executable, "-c", code, framework, name, str(batch), str(images), str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def _peak_rss_kib() -> int:
+    """Peak resident memory of this process in KiB. Linux's VmHWM starts afresh at exec, unlike
+    getrusage's ru_maxrss, which keeps the forking parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_child(framework: str, name: str, batch: str, images: str, threads: str):
+    """Run in a subprocess: (peak RSS KiB before training, after one epoch)."""
+    batch_size, count = int(batch), int(images)
+    manual_seed(0)
+    model = build_model(name)
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(int(threads))
+        train, _ = _torch_runner(torch_twin(model), batch_size, (3, 32, 32))
+    else:
+        train, _ = _xpcnn_runner(model, batch_size, (3, 32, 32))
+    before = _peak_rss_kib()
+    train(max(count // batch_size, 1))
+    return before, _peak_rss_kib()
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "xpcnn": __version__,
+        "backend": backend_name(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    models = [m for m in args.models.split(",") if m]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    peer = not args.no_peer
+    if peer:
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            print("xpcnn bench: PyTorch is not installed; timing xpcnn alone", file=sys.stderr)
+            peer = False
+    info = machine()
+    info["threads"] = args.threads
+    info["gemm_gflops"] = gemm_gflops(args.threads)
+    print(
+        f"# {info['cpu']}, {info['cores']} cores, {args.threads} threads; numpy {info['numpy']}"
+        f"{', torch ' + info['torch'] if peer else ''}; backend {info['backend']}; "
+        f"float32 GEMM {info['gemm_gflops']:.0f} GFLOP/s"
+    )
+    header = (
+        f"{'model':6} {'batch':>5} {'xpcnn ms/step':>14} {'torch ms/step':>14} {'ratio':>6} "
+        f"{'xpcnn img/s':>12} {'torch img/s':>12} {'floor ms':>9} {'eval ratio':>10}"
+    )
+    print(header)
+    results = []
+    with _blas_threads(args.threads):
+        for name in models:
+            for batch in batches:
+                result = bench_case(name, batch, args, peer)
+                floor_ms = (
+                    result["train_mflop_per_image"]
+                    * 1e6
+                    * batch
+                    / (info["gemm_gflops"] * 1e9)
+                    * 1e3
+                )
+                result["floor_ms"] = floor_ms
+                if args.memory_images:
+                    for who in ("xpcnn", "torch") if peer else ("xpcnn",):
+                        result[f"{who}_peak_mib"] = peak_memory_mib(
+                            who, name, batch, args.memory_images, args.threads
+                        )
+                results.append(result)
+                torch_ms = result.get("torch_train_ms", float("nan"))
+                print(
+                    f"{name:6} {batch:>5} {result['xpcnn_train_ms']:>14.1f} {torch_ms:>14.1f} "
+                    f"{result.get('train_ratio', float('nan')):>6.2f} "
+                    f"{result['xpcnn_train_img_s']:>12.0f} "
+                    f"{result.get('torch_train_img_s', float('nan')):>12.0f} "
+                    f"{floor_ms:>9.1f} {result.get('eval_ratio', float('nan')):>10.2f}",
+                    flush=True,
+                )
+                if args.memory_images:
+                    print(
+                        f"       peak memory of a {args.memory_images}-image epoch: xpcnn "
+                        f"{result['xpcnn_peak_mib']:.0f} MiB"
+                        + (f", torch {result['torch_peak_mib']:.0f} MiB" if peer else ""),
+                        flush=True,
+                    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "results": results}, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xpcnn bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
