@@ -139,12 +139,13 @@ def test_second_load_comes_from_the_decoded_cache(tmp_path, monkeypatch, data_ho
     assert [p.suffix for p in (data_home / "decoded").iterdir()] == [".npz"]
 
 
-def test_a_changed_source_is_decoded_again(tmp_path):
+def test_a_changed_source_is_decoded_again(tmp_path, data_home):
     source = write_archive(tmp_path / "data.zip", make_tree(seed=0))
     load_dataset(source)
     write_archive(source, make_tree(seed=1))
     os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))
     np.testing.assert_array_equal(load_dataset(source).images, expected(make_tree(seed=1))[0])
+    assert len(list((data_home / "decoded").iterdir())) == 1  # the outdated cache is gone
 
 
 def test_a_corrupt_cache_is_rebuilt(tmp_path, data_home):

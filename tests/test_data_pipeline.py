@@ -199,3 +199,15 @@ def test_augmented_batches_are_reproducible_per_epoch():
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, p) for a, p in zip(first, plain, strict=True))
+
+
+def test_dataset_subset_keeps_classes_and_picks_rows():
+    labels = np.repeat(np.arange(3), 4)
+    dataset = xpcnn.data.Dataset(
+        np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1), labels, list("abc")
+    )
+    _, val = stratified_split(dataset.labels, n_val=3, seed=0)
+    subset = dataset.subset(val)
+    assert subset.classes == ["a", "b", "c"] and len(subset) == 3
+    np.testing.assert_array_equal(subset.images.ravel(), val)
+    np.testing.assert_array_equal(subset.class_counts(), [1, 1, 1])

@@ -1,8 +1,9 @@
 """`load_dataset`: one entry point for every source, with a decoded cache for archives and folders.
 
 The cache is one uncompressed .npz per (source, split, size) in <data home>/decoded/, keyed by the
-source's resolved path, byte size and modification time, so editing the source invalidates it.
-It is written to a temporary file and renamed, so a failed write leaves the old cache intact.
+source's resolved path, byte size and modification time, so editing the source invalidates it
+(and the next successful write removes the outdated file). It is written to a temporary file and
+renamed, so a failed write leaves what was there intact.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def _cached(
 
 
 def _cache_file(path: Path, split: str, size: tuple[int, int] | None, home: Path) -> Path:
-    """<home>/decoded/<name>-<split>-<key>.npz; the key changes whenever the source does."""
+    """<home>/decoded/<name>-<split>-<which>-<version>.npz: `which` names the source, split and
+    size; `version` changes whenever the source's files do."""
     path = path.resolve()
     if path.is_dir():  # a folder's own mtime misses edited files: stat every file
         stamp = [
@@ -139,9 +141,12 @@ def _cache_file(path: Path, split: str, size: tuple[int, int] | None, home: Path
         ]
     else:
         stamp = _stat(path)
-    blob = json.dumps([CACHE_VERSION, str(path), split, size, stamp])
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return home / "decoded" / f"{path.name}-{split}-{key}.npz"
+    which = _digest([CACHE_VERSION, str(path), split, size])
+    return home / "decoded" / f"{path.name}-{split}-{which}-{_digest(stamp)}.npz"
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:12]
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -185,6 +190,10 @@ def _save_cache(file: Path, dataset: Dataset) -> None:
             )
         os.replace(tmp, file)
         tmp = None
+        same_source = file.name.rsplit("-", 1)[0] + "-"
+        for stale in file.parent.iterdir():  # the same source before it changed: never read again
+            if stale.name.startswith(same_source) and stale.suffix == ".npz" and stale != file:
+                stale.unlink(missing_ok=True)
     except OSError as err:
         dataset.notes.append(f"could not write the cache {file} ({err.strerror or err})")
     finally:
