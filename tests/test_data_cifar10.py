@@ -53,12 +53,13 @@ def write_binary_archive(path, batches):
 
 
 def python_batch_pickle(images, labels):
+    """Protocol 2 naming numpy.core, as the official pickles (Python 2, NumPy 1) do."""
     batch = {
         b"batch_label": b"x",
         b"labels": labels.tolist(),
         b"data": images.reshape(len(images), -1),
     }
-    return pickle.dumps(batch, protocol=2)  # as the official Python 2 pickles
+    return pickle.dumps(batch, protocol=2).replace(b"cnumpy._core.", b"cnumpy.core.")
 
 
 def write_python_archive(path, batches, replace=None):
