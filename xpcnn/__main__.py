@@ -1,0 +1,5 @@
+"""`python -m xpcnn` runs the `xpcnn` command."""
+
+from xpcnn.cli import main
+
+raise SystemExit(main())
