@@ -22,23 +22,40 @@ class ReLU(Layer):
 
 
 class GELU(Layer):
-    """y = x·Φ(x), tanh form: y = ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³).
+    """y = x·Φ(x), tanh form: y = x·h,  h = ½(1 + tanh u),  u = √(2/π)(x + 0.044715x³);
+    dy/dx = h + 2h(1 − h)·x·√(2/π)(1 + 3·0.044715x²).
 
-    The array API has no erf, so this is PyTorch's `GELU(approximate="tanh")`.
+    The array API has no erf, so this is PyTorch's `GELU(approximate="tanh")`. In-place
+    updates keep each full-size pass to one operation.
     """
 
     C = math.sqrt(2.0 / math.pi)
     A = 0.044715
 
     def forward(self, x: Any) -> Any:
-        self.x = x  # kept for backward
-        self.t = namespace(x).tanh(self.C * (x + self.A * x * x * x))
-        return 0.5 * x * (1.0 + self.t)
+        space = namespace(x)
+        u = x * x
+        u *= self.C * self.A
+        u += self.C
+        u *= x
+        self.x = x  # kept for backward, with h
+        self.h = space.tanh(u)
+        self.h *= 0.5
+        self.h += 0.5
+        return x * self.h
 
     def backward(self, dy: Any) -> Any:
-        x, t = self.x, self.t
-        du_dx = self.C * (1.0 + 3.0 * self.A * x * x)
-        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+        x, h = self.x, self.h
+        slope = x * x
+        slope *= 6.0 * self.A * self.C
+        slope += 2.0 * self.C
+        slope *= x
+        dx = 1.0 - h
+        dx *= h
+        dx *= slope
+        dx += h
+        dx *= dy
+        return dx
 
 
 class Dropout(Layer):
