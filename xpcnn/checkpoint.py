@@ -16,9 +16,11 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -47,16 +49,28 @@ class Checkpoint:
 def save_checkpoint(
     path: str | os.PathLike, model_state: dict[str, Any], optim_state: dict[str, Any], meta: dict
 ) -> Path:
-    """Write model and optimizer state and `meta` to `path` atomically: a temporary file in the
-    same folder, flushed and fsynced, then renamed over `path` (a crash leaves the old file)."""
-    path = Path(path)
+    """Write model and optimizer state and `meta` to `path` atomically (`atomic_file`)."""
     arrays = {f"model/{k}": to_numpy(v) for k, v in model_state.items()}
     arrays |= {f"optim/{k}": np.asarray(to_numpy(v)) for k, v in optim_state.items()}
     arrays["meta"] = np.array(json.dumps({"format": FORMAT, "format_version": VERSION, **meta}))
+    with atomic_file(path) as out:
+        np.savez(out, **arrays)
+    return Path(path)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write `path` all or nothing: into a temporary file in the same folder, flushed and
+    fsynced, then renamed over `path`, so a crash or kill leaves the old file whole."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file a new file's mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, mode) as out:
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -64,7 +78,6 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
 
 
 def _fsync_dir(folder: Path) -> None:

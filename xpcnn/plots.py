@@ -1,19 +1,20 @@
 """Figures of a run with matplotlib's Agg backend — an optional extra (`pip install 'xpcnn[plot]'`).
 
-`available()` says whether matplotlib imports; every function writes one PNG atomically (a
-temporary file renamed over the old one), so a viewer never sees a half-written picture.
+`available()` says whether matplotlib imports; every function writes one PNG atomically
+(`checkpoint.atomic_file`), so a viewer never sees a half-written picture.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xpcnn.checkpoint import atomic_file
 
 MISSING = "matplotlib is not installed: plots are skipped (pip install 'xpcnn[plot]')"
 
@@ -39,16 +40,12 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as out:
+            fig.savefig(out, format="png", dpi=110, bbox_inches="tight")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:

@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,13 @@ import numpy as np
 import xpcnn
 from xpcnn import plots
 from xpcnn.backend import backend_name, manual_seed
-from xpcnn.checkpoint import Checkpoint, load_checkpoint, restore_model, save_checkpoint
+from xpcnn.checkpoint import (
+    Checkpoint,
+    atomic_file,
+    load_checkpoint,
+    restore_model,
+    save_checkpoint,
+)
 from xpcnn.data import (
     Augment,
     Batches,
@@ -238,6 +243,8 @@ def train(
     if checkpoint is not None:
         log(f"resuming from {checkpoint.path} after epoch {start_epoch}/{config.epochs}")
     log(f"run folder: {out}")
+    if checkpoint is None:
+        _start_out(out)
     if not plots.available():
         log(plots.MISSING)
 
@@ -292,7 +299,8 @@ def train(
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> Checkpoint | None:
-    """Check the run folder: the checkpoint to resume, or an empty (or --force'd) folder."""
+    """Check the run folder before any work: the checkpoint to resume, or None for a new run
+    (in a new or empty folder, or with --force)."""
     if resume and force:
         raise UsageError("--resume and --force: choose one")
     if out.exists() and not out.is_dir():
@@ -305,10 +313,14 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> Checkpoint | None:
                 f"--out: {str(out)!r} already exists and is not empty; pass --resume to "
                 "continue its run or --force to overwrite it"
             )
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _start_out(out: Path) -> None:
+    """Create the run folder, or clear the run files of an earlier run in it (--force)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _resumed_config(checkpoint: Checkpoint, options: dict[str, Any]) -> TrainConfig:
@@ -556,13 +568,8 @@ def write_history(history: Sequence[dict[str, Any]], out: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path, "w") as out:
+        out.write(text)
 
 
 # --- eval and predict ---------------------------------------------------------------------------
