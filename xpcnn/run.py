@@ -174,6 +174,9 @@ def train(
         config = _resumed_config(checkpoint, options)
     else:
         config = TrainConfig(**options).resolved()
+        if config.data.lower() not in ("cifar10", "cifar-10") and Path(config.data).exists():
+            # absolute, so that eval and --resume find it from any folder
+            config = replace(config, data=str(Path(config.data).resolve()))
 
     dataset = load_dataset(config.data, split="train", size=config.image_size)
     for note in dataset.notes:
@@ -376,6 +379,8 @@ def score(
 ) -> dict[str, Any]:
     """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (true × predicted)
     of `model` on a labelled dataset."""
+    if len(dataset) == 0:
+        raise UsageError(f"{dataset.source or 'the data'}: no images to score")
     probabilities = predict(model, _batches(dataset, mean, std, batch_size), tta=tta)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     k = probabilities.shape[1]
@@ -388,8 +393,8 @@ def score(
         if confusion[c].sum()
     }
     return {
-        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
-        "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()) if len(labels) else 0.0,
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
         "n": len(labels),
         "per_class": per_class,
         "confusion": confusion,
