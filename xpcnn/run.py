@@ -174,9 +174,9 @@ def train(
         config = _resumed_config(checkpoint, options)
     else:
         config = TrainConfig(**options).resolved()
-        if config.data.lower() not in ("cifar10", "cifar-10") and Path(config.data).exists():
-            # absolute, so that eval and --resume find it from any folder
-            config = replace(config, data=str(Path(config.data).resolve()))
+    if config.data.lower() not in ("cifar10", "cifar-10") and Path(config.data).exists():
+        # absolute, so that eval and --resume find it from any folder
+        config = replace(config, data=str(Path(config.data).resolve()))
 
     dataset = load_dataset(config.data, split="train", size=config.image_size)
     for note in dataset.notes:
