@@ -56,21 +56,39 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, dy: Any) -> Any:
+        n, h, w, c = self.x.shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        if (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0:
+            return self._backward_tiled(dy)
         space = namespace(dy)
         dx = space.zeros(self.x.shape, dtype=dy.dtype)
-        overlapping = self.stride[0] < self.kernel[0] or self.stride[1] < self.kernel[1]
         unclaimed = None
         for rows, cols in self.windows(self.x.shape):
             is_max = self.x[:, rows, cols, :] == self.y
             if unclaimed is not None:
                 is_max = is_max & unclaimed
-            share = dy * space.astype(is_max, dy.dtype)  # NumPy's `where` is far slower
-            if overlapping:
-                dx[:, rows, cols, :] += share
-            else:  # each input pixel is in one window: assign, no read-modify-write
-                dx[:, rows, cols, :] = share
+            dx[:, rows, cols, :] += dy * space.astype(is_max, dy.dtype)  # `where` is slower
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
         return dx
+
+    def _backward_tiled(self, dy: Any) -> Any:
+        """Windows that tile the input exactly: x viewed as (N, OH, kh, OW, kw, C), one
+        full-size compare and one multiply; ties are settled on the small boolean slices."""
+        space = namespace(dy)
+        n, oh, ow, c = dy.shape
+        (kh, kw) = self.kernel
+        tiles = (n, oh, kh, ow, kw, c)
+        is_max = space.reshape(self.x, tiles) == space.reshape(self.y, (n, oh, 1, ow, 1, c))
+        claimed = None
+        for i in range(kh):
+            for j in range(kw):
+                hit = is_max[:, :, i, :, j, :]
+                if claimed is not None:
+                    hit = hit & ~claimed
+                    is_max[:, :, i, :, j, :] = hit
+                claimed = hit if claimed is None else claimed | hit
+        dx = space.astype(is_max, dy.dtype) * space.reshape(dy, (n, oh, 1, ow, 1, c))
+        return space.reshape(dx, self.x.shape)
 
 
 class AvgPool2D(_Pool2D):
