@@ -267,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
         train(options, args.out, resume=args.resume, force=args.force,
               log=lambda line: print(line, flush=True), callbacks=[bar])  # fmt: skip
     except TrainingDiverged as err:
-        bar.on_epoch_end({})
+        bar.on_epoch_end({})  # close the half-drawn bar before the message
         print(f"xpcnn: error: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:
