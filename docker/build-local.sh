@@ -7,7 +7,8 @@
 #      python3, python3-venv and this machine's CA bundle (pip inside the build reaches PyPI
 #      through a TLS-intercepting proxy, and Debian's pip trusts the system bundle);
 #   3. builds docker/Dockerfile on that base with host networking (there is no bridge);
-#   4. runs `xpcnn info` and a one-epoch train on a tiny synthetic image folder with --network none.
+#   4. runs `xpcnn info`, then a one-epoch train and an eval on a tiny synthetic image folder,
+#      all with --network none.
 #
 # Environment: IMAGE (xpcnn:cpu), BASE_IMAGE (xpcnn-base:bookworm), DOCKERD_LOG.
 set -euo pipefail
@@ -78,7 +79,7 @@ docker image ls "$IMAGE"
 step "xpcnn info"
 docker run --rm --network none "$IMAGE" info
 
-step "one-epoch train on a tiny synthetic image folder"
+step "one-epoch train and eval on a tiny synthetic image folder"
 work=$(mktemp -d /var/tmp/xpcnn-smoke.XXXXXX)
 mkdir "$work/data" "$work/runs"
 user="$(id -u):$(id -g)"
@@ -101,5 +102,8 @@ for label, channel in (("red", 0), ("blue", 2)):
 docker run --rm --network none --user "$user" \
     -v "$work/data:/data" -v "$work/runs:/runs" \
     "$IMAGE" train --data /data/tiny --limit 500 --epochs 1 --out /runs/smoke
+docker run --rm --network none --user "$user" \
+    -v "$work/data:/data" -v "$work/runs:/runs" \
+    "$IMAGE" eval --checkpoint smoke/checkpoint.npz
 find "$work/runs" -type f | sort
 rm -rf "$work"
