@@ -145,3 +145,14 @@ def test_predict_returns_probabilities_in_order_and_tta_is_flip_invariant():
     mirrored_tta = predict(model, Batches(mirrored, labels, 8, shuffle=False), tta=True)
     assert np.allclose(with_tta, mirrored_tta, atol=1e-5)
     assert not np.allclose(probabilities, with_tta)
+
+
+def test_tta_loss_stays_finite_for_confident_models():
+    xpcnn.manual_seed(0)
+    images, labels = synthetic(n=16, size=8)
+    model = build_model("seed", image_size=8)
+    model.layers[-1].params["bias"] = model.layers[-1].params["bias"] + xpcnn.backend.asarray(
+        np.array([0.0] * 9 + [5000.0], dtype=np.float32)
+    )
+    scores = evaluate(model, Batches(images, labels, 8, shuffle=False), tta=True)
+    assert np.isfinite(scores["loss"]) and scores["loss"] > 1000

@@ -144,10 +144,10 @@ def fit(
 
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     log_p = log_softmax(model(x))
-    if tta:  # average the probabilities of the image and its mirror image
+    if tta:  # average the probabilities of the image and its mirror image, in log space
         space = namespace(x)
         flipped = log_softmax(model(space.flip(x, axis=3)))
-        log_p = space.log((space.exp(log_p) + space.exp(flipped)) / 2.0)
+        log_p = space.logaddexp(log_p, flipped) - math.log(2.0)
     return log_p
 
 
