@@ -61,3 +61,12 @@ def test_generator_draws_in_range_and_dtype():
 def test_to_numpy_round_trips_through_the_active_backend():
     host = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert np.array_equal(to_numpy(asarray(host)), host)
+
+
+def test_device_info_without_a_usable_cuda_device_is_a_backend_error(monkeypatch):
+    monkeypatch.setenv("XPCNN_BACKEND", "cupy")
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    backend._load.cache_clear()
+    with pytest.raises(BackendError, match="XPCNN_BACKEND=cupy"):
+        backend.device_info()
+    backend._load.cache_clear()

@@ -153,6 +153,7 @@ def device_info() -> dict[str, Any]:
     name = backend_name()
     if name != "cupy":
         return {"device": "cpu"}
+    xp()  # a BackendError (one line) where CuPy or a usable CUDA device is missing
     cupy = importlib.import_module("cupy")
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
