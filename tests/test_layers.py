@@ -217,3 +217,28 @@ def test_state_dict_round_trips_and_rejects_wrong_shapes():
         other.load_state_dict(bad)
     with pytest.raises(ValueError, match="missing"):
         other.load_state_dict({})
+
+
+def test_relu_before_max_pool_runs_after_it_with_identical_results():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    x[0, 0, :2, :2] = 0.0  # a window of ties at zero
+    reordered = Sequential(Conv2D(3, 4, 3, dtype="float64"), ReLU(), MaxPool2D(2), Flatten())
+    assert reordered.execution_order() == [0, 2, 1, 3]
+    plain = [Conv2D(3, 4, 3, dtype="float64"), ReLU(), MaxPool2D(2), Flatten()]
+    for name, value in reordered.layers[0].named_state():
+        plain[0].set_state(name, value)
+    h = plain[0](asarray(np.transpose(x, (0, 2, 3, 1))))
+    expected = plain[3](plain[2](plain[1](h)))
+    y = reordered(asarray(x))
+    assert np.array_equal(to_numpy(y), to_numpy(expected))
+    dy = rng.standard_normal(y.shape)
+    reordered.zero_grad()
+    dx = to_numpy(reordered.backward(asarray(dy)))
+    plain[0].zero_grad()
+    dh = plain[1].backward(plain[2].backward(plain[3].backward(asarray(dy))))
+    expected_dx = np.transpose(to_numpy(plain[0].backward(dh)), (0, 3, 1, 2))
+    assert np.array_equal(dx, expected_dx)
+    assert np.array_equal(
+        to_numpy(reordered.grads()["0.weight"]), to_numpy(plain[0].grads()["weight"])
+    )

@@ -12,6 +12,8 @@ from xpcnn.layers.base import Layer
 class ReLU(Layer):
     """y = max(x, 0);  dy/dx = [x > 0]."""
 
+    commutes_with_max_pool = True  # Sequential may run it after a following MaxPool2D
+
     def forward(self, x: Any) -> Any:
         self.mask = x > 0  # kept for backward
         return namespace(x).maximum(x, 0.0)

@@ -46,6 +46,8 @@ class MaxPool2D(_Pool2D):
     The gradient goes to the first maximum of each window (PyTorch's choice for ties).
     """
 
+    is_max_pool = True
+
     def forward(self, x: Any) -> Any:
         space = namespace(x)
         self.x = x  # kept for backward: which offset held the maximum
