@@ -10,14 +10,14 @@ from xpcnn.backend import BackendError, Generator, asarray, to_numpy
 def test_unknown_backend_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("XPCNN_BACKEND", "tensorflow")
     with pytest.raises(BackendError, match=r"XPCNN_BACKEND='tensorflow' is not a backend"):
-        backend.xp()
+        backend.active_namespace()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_missing_cupy_error_names_the_pip_extra(monkeypatch):
     monkeypatch.setenv("XPCNN_BACKEND", "cupy")
     with pytest.raises(BackendError, match=r"pip install 'xpcnn\[cupy\]'") as caught:
-        backend.xp()
+        backend.active_namespace()
     assert "\n" not in str(caught.value)
 
 

@@ -2,8 +2,9 @@
 
 `XPCNN_BACKEND` picks the array namespace: ``numpy`` (default), ``cupy``, ``auto`` (CuPy when a
 CUDA device is usable, else NumPy), or any other namespace `array-api-compat` can wrap
-(``array_api_strict``, ``torch``). Everything else in xpcnn calls `xp()` / `namespace(x)` and the
-small functions below, one per gap of the array API standard:
+(``array_api_strict``, ``torch``). Everything else in xpcnn calls `namespace(x)` (the arrays'
+namespace, by convention named `xp`) or `active_namespace()` and the small functions below, one
+per gap of the array API standard:
 
     Generator       seeded random numbers made on the array's device
     to_numpy        device array -> host NumPy array
@@ -74,7 +75,7 @@ def _load(name: str) -> Any:
     return array_api_compat.array_namespace(lib.asarray([0.0]))
 
 
-def xp() -> Any:
+def active_namespace() -> Any:
     """The active array namespace (array-API compatible)."""
     return _load(backend_name())
 
@@ -84,20 +85,20 @@ def namespace(*arrays: Any) -> Any:
     return array_api_compat.array_namespace(*arrays)
 
 
-def is_numpy(space: Any) -> bool:
-    return array_api_compat.is_numpy_namespace(space)
+def is_numpy(xp: Any) -> bool:
+    return array_api_compat.is_numpy_namespace(xp)
 
 
-def is_cupy(space: Any) -> bool:
-    return array_api_compat.is_cupy_namespace(space)
+def is_cupy(xp: Any) -> bool:
+    return array_api_compat.is_cupy_namespace(xp)
 
 
 def asarray(data: Any, dtype: Any = None) -> Any:
     """Host data (NumPy array, list, scalar) as an array of the active backend."""
-    space = xp()
+    xp = active_namespace()
     if isinstance(dtype, str):
-        dtype = getattr(space, dtype)
-    return space.asarray(data, dtype=dtype)
+        dtype = getattr(xp, dtype)
+    return xp.asarray(data, dtype=dtype)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -111,10 +112,10 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def dtype_of(name_or_dtype: Any, space: Any = None) -> Any:
-    """A dtype of `space` from its name ("float32") or pass a dtype through."""
-    space = space or xp()
-    return getattr(space, name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+def dtype_of(name_or_dtype: Any, xp: Any = None) -> Any:
+    """A dtype of `xp` from its name ("float32") or pass a dtype through."""
+    xp = xp or active_namespace()
+    return getattr(xp, name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
 
 
 def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
@@ -123,17 +124,17 @@ def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
     NumPy and CuPy return a read-only strided view (no copy); other namespaces get one strided
     slice copy per window offset.
     """
-    space = namespace(x)
+    xp = namespace(x)
     n, h, w, c = x.shape
     kh, kw = window
     oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
-    if is_numpy(space) or is_cupy(space):
-        lib = np if is_numpy(space) else importlib.import_module("cupy")
+    if is_numpy(xp) or is_cupy(xp):
+        lib = np if is_numpy(xp) else importlib.import_module("cupy")
         sn, sh, sw, sc = x.strides
         return lib.lib.stride_tricks.as_strided(
             x, (n, oh, ow, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc)
         )
-    windows = space.zeros((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    windows = xp.zeros((n, oh, ow, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             rows = slice(i, i + (oh - 1) * stride + 1, stride)
@@ -153,7 +154,7 @@ def device_info() -> dict[str, Any]:
     name = backend_name()
     if name != "cupy":
         return {"device": "cpu"}
-    xp()  # a BackendError (one line) where CuPy or a usable CUDA device is missing
+    active_namespace()  # a BackendError (one line) where CuPy or a usable CUDA device is missing
     cupy = importlib.import_module("cupy")
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
@@ -170,7 +171,7 @@ def device_info() -> dict[str, Any]:
 def _host_dtype(dtype: Any) -> np.dtype:
     """The NumPy dtype with the same name as a dtype of any namespace."""
     for name in ("float32", "float64", "float16", "int64", "int32", "uint8", "bool"):
-        if dtype == getattr(xp(), name, None) or str(dtype).endswith(name):
+        if dtype == getattr(active_namespace(), name, None) or str(dtype).endswith(name):
             return np.dtype(name)
     return np.dtype(dtype)
 
@@ -185,10 +186,10 @@ class Generator:
 
     def __init__(self, *seed: int) -> None:
         self.seed = tuple(int(s) for s in seed)
-        self.space = xp()
+        self.xp = active_namespace()
         entropy = np.random.SeedSequence(list(self.seed) or [0])
         self._host_rng = np.random.default_rng(entropy.spawn(1)[0])
-        if is_cupy(self.space):
+        if is_cupy(self.xp):
             cupy = importlib.import_module("cupy")
             self._rng = cupy.random.Generator(
                 cupy.random.XORWOW(int(entropy.generate_state(1, np.uint64)[0]))
@@ -197,21 +198,21 @@ class Generator:
             self._rng = np.random.default_rng(entropy)
 
     def _out(self, values: Any, dtype: Any) -> Any:
-        if is_numpy(self.space) or is_cupy(self.space):
+        if is_numpy(self.xp) or is_cupy(self.xp):
             return values
-        return self.space.asarray(np.asarray(values), dtype=dtype)
+        return self.xp.asarray(np.asarray(values), dtype=dtype)
 
     def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: Any = "float32") -> Any:
-        dtype = dtype_of(dtype, self.space)
-        if is_cupy(self.space):
+        dtype = dtype_of(dtype, self.xp)
+        if is_cupy(self.xp):
             return self._rng.standard_normal(shape, dtype=dtype) * std
         values = self._rng.standard_normal(shape).astype(_host_dtype(dtype))
         return self._out(values * np.asarray(std, dtype=values.dtype), dtype)
 
     def uniform(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
         """Uniform numbers in [0, 1)."""
-        dtype = dtype_of(dtype, self.space)
-        if is_cupy(self.space):
+        dtype = dtype_of(dtype, self.xp)
+        if is_cupy(self.xp):
             return self._rng.random(shape, dtype=dtype)
         values = self._rng.random(shape, dtype=_host_dtype(dtype))
         return self._out(values, dtype)
@@ -219,7 +220,7 @@ class Generator:
     def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
         """Integers in [low, high) as int64."""
         values = self._rng.integers(low, high, size=shape, dtype="int64")
-        return self._out(values, self.space.int64)
+        return self._out(values, self.xp.int64)
 
     def permutation(self, n: int) -> np.ndarray:
         """A permutation of range(n) on the host (indices for shuffling; cheap to make anywhere)."""
@@ -238,6 +239,9 @@ def manual_seed(*seed: int) -> Generator:
 def default_generator() -> Generator:
     """The generator set by `manual_seed`; seeded with 0 if none was set on this backend."""
     gen = _default["generator"]
-    if gen is None or gen.space is not xp():
+    if gen is None or gen.xp is not active_namespace():
         gen = manual_seed(*(gen.seed if gen is not None else (0,)))
     return gen
+
+
+xp = active_namespace  # old name, removed once the run layer is moved

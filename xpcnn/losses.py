@@ -9,15 +9,15 @@ from xpcnn.backend import namespace
 
 def log_softmax(logits: Any) -> Any:
     """log p = z − max z − log Σ exp(z − max z): no overflow however large the logits."""
-    space = namespace(logits)
-    shifted = logits - space.max(logits, axis=1, keepdims=True)
-    return shifted - space.log(space.sum(space.exp(shifted), axis=1, keepdims=True))
+    xp = namespace(logits)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
 def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
-    space = namespace(labels)
-    classes = space.arange(num_classes, dtype=labels.dtype)
-    return space.astype(labels[:, None] == classes[None, :], dtype)
+    xp = namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype)
+    return xp.astype(labels[:, None] == classes[None, :], dtype)
 
 
 def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tuple[Any, Any]:
@@ -28,12 +28,12 @@ def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tup
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    space = namespace(logits)
+    xp = namespace(logits)
     n, k = logits.shape
     log_p = log_softmax(logits)
     target = one_hot(labels, k, logits.dtype)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / k
-    loss = -space.sum(target * log_p) / n
-    grad = (space.exp(log_p) - target) / n
+    loss = -xp.sum(target * log_p) / n
+    grad = (xp.exp(log_p) - target) / n
     return loss, grad

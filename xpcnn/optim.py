@@ -105,7 +105,7 @@ class Adam(Optimizer):
         self.betas, self.eps = betas, eps
 
     def update(self, name: str, param: Any, grad: Any) -> None:
-        space = namespace(param)
+        xp = namespace(param)
         beta1, beta2 = self.betas
         if self.weight_decay and self.decoupled:
             param *= 1.0 - self.lr * self.weight_decay
@@ -119,7 +119,7 @@ class Adam(Optimizer):
         v += (1.0 - beta2) * grad * grad
         m_hat_scale = 1.0 / (1.0 - beta1**self.steps)
         v_hat_scale = 1.0 / (1.0 - beta2**self.steps)
-        param -= self.lr * (m * m_hat_scale) / (space.sqrt(v * v_hat_scale) + self.eps)
+        param -= self.lr * (m * m_hat_scale) / (xp.sqrt(v * v_hat_scale) + self.eps)
 
 
 class AdamW(Adam):

@@ -35,13 +35,13 @@ class GELU(Layer):
     A = 0.044715
 
     def forward(self, x: Any) -> Any:
-        space = namespace(x)
+        xp = namespace(x)
         u = x * x
         u *= self.C * self.A
         u += self.C
         u *= x
         self.x = x  # kept for backward, with h
-        self.h = space.tanh(u)
+        self.h = xp.tanh(u)
         self.h *= 0.5
         self.h += 0.5
         return x * self.h
@@ -73,9 +73,9 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self.scale = None
             return x
-        space = namespace(x)
+        xp = namespace(x)
         keep = default_generator().uniform(x.shape, dtype=x.dtype) >= self.p
-        self.scale = space.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))  # kept for backward
+        self.scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))  # kept for backward
         return x * self.scale
 
     def backward(self, dy: Any) -> Any:

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from xpcnn.backend import default_generator, dtype_of, namespace, to_numpy, xp
+from xpcnn.backend import active_namespace, default_generator, dtype_of, namespace, to_numpy
 
 
 def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> Any:
@@ -20,13 +20,13 @@ def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> An
 
 
 def zeros(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
-    space = xp()
-    return space.zeros(shape, dtype=dtype_of(dtype, space))
+    xp = active_namespace()
+    return xp.zeros(shape, dtype=dtype_of(dtype, xp))
 
 
 def ones(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
-    space = xp()
-    return space.ones(shape, dtype=dtype_of(dtype, space))
+    xp = active_namespace()
+    return xp.ones(shape, dtype=dtype_of(dtype, xp))
 
 
 class Layer:
@@ -212,8 +212,8 @@ class Sequential(Layer):
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, "
                     f"expected {tuple(current.shape)}"
                 )
-            space = namespace(current)
-            self.set_state(key, space.asarray(value, dtype=current.dtype, copy=True))
+            xp = namespace(current)
+            self.set_state(key, xp.asarray(value, dtype=current.dtype, copy=True))
 
     def num_parameters(self) -> int:
         total = 0

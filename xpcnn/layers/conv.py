@@ -46,9 +46,9 @@ def pad_spatial(x: Any, pads: tuple[tuple[int, int], tuple[int, int]]) -> Any:
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         return x
-    space = namespace(x)
+    xp = namespace(x)
     n, h, w, c = x.shape
-    padded = space.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
+    padded = xp.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
     padded[:, top : top + h, left : left + w, :] = x
     return padded
 
@@ -59,10 +59,10 @@ def im2col(x: Any, kernel: tuple[int, int], stride: int, pads: tuple) -> Any:
     The windows are a strided view of the padded input (the shim's `sliding_windows`); the
     reshape is the one copy.
     """
-    space = namespace(x)
+    xp = namespace(x)
     windows = sliding_windows(pad_spatial(x, pads), kernel, stride)
     n, oh, ow = windows.shape[:3]
-    return space.reshape(windows, (n * oh * ow, -1))
+    return xp.reshape(windows, (n * oh * ow, -1))
 
 
 def col2im(dcols: Any, input_shape: tuple[int, ...], stride: int, pads: tuple) -> Any:
@@ -71,10 +71,10 @@ def col2im(dcols: Any, input_shape: tuple[int, ...], stride: int, pads: tuple) -
     dcols: (kh, kw, N, OH, OW, C), offset-major so that each offset's slab is contiguous; one
     strided add per kernel offset, clipped to the unpadded input (no padded buffer).
     """
-    space = namespace(dcols)
+    xp = namespace(dcols)
     n, h, w, c = input_shape
     kh, kw, _, oh, ow, _ = dcols.shape
-    dx = space.zeros((n, h, w, c), dtype=dcols.dtype)
+    dx = xp.zeros((n, h, w, c), dtype=dcols.dtype)
     for i in range(kh):
         rows = _window(i, pads[0][0], h, oh, stride)
         for j in range(kw):
@@ -117,11 +117,11 @@ class Conv2D(Layer):
 
     def _weight_matrix(self) -> Any:
         w = self.params["weight"]
-        space = namespace(w)
-        return space.reshape(space.permute_dims(w, (2, 3, 1, 0)), (-1, self.out_channels))
+        xp = namespace(w)
+        return xp.reshape(xp.permute_dims(w, (2, 3, 1, 0)), (-1, self.out_channels))
 
     def forward(self, x: Any) -> Any:
-        space = namespace(x)
+        xp = namespace(x)
         n, h, w, _ = x.shape
         (kh, kw), s = self.kernel, self.stride
         self.pads = (
@@ -139,31 +139,31 @@ class Conv2D(Layer):
         y = self.cols @ self._weight_matrix()
         if "bias" in self.params:
             y += self.params["bias"]
-        return space.reshape(y, self.output_shape)
+        return xp.reshape(y, self.output_shape)
 
     def backward_params(self, dy: Any) -> Any:
         """Accumulate dW and db; return dy as the (N·OH·OW, C_out) matrix."""
-        space = namespace(dy)
-        dy2 = space.reshape(dy, (-1, self.out_channels))
+        xp = namespace(dy)
+        dy2 = xp.reshape(dy, (-1, self.out_channels))
         (kh, kw), c = self.kernel, self.in_channels
-        dw = space.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
-        self.accumulate("weight", space.permute_dims(dw, (3, 2, 0, 1)))
+        dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
+        self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if "bias" in self.params:
             # Σ over rows as a GEMV: NumPy's axis-0 reduction is ~4x slower
-            ones = space.ones((dy2.shape[0],), dtype=dy2.dtype)
+            ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype)
             self.accumulate("bias", ones @ dy2)
         return dy2
 
     def backward(self, dy: Any) -> Any:
-        space = namespace(dy)
+        xp = namespace(dy)
         dy2 = self.backward_params(dy)
         (kh, kw), c = self.kernel, self.in_channels
         # per offset (i, j): dcols[i, j] = dy @ W[:, :, i, j], a batch of kh·kw GEMMs
-        w = space.permute_dims(self.params["weight"], (2, 3, 0, 1))
-        w = space.reshape(w, (kh * kw, self.out_channels, c))
-        dcols = space.matmul(dy2[None, :, :], w)
+        w = xp.permute_dims(self.params["weight"], (2, 3, 0, 1))
+        w = xp.reshape(w, (kh * kw, self.out_channels, c))
+        dcols = xp.matmul(dy2[None, :, :], w)
         n, oh, ow, _ = self.output_shape
-        dcols = space.reshape(dcols, (kh, kw, n, oh, ow, c))
+        dcols = xp.reshape(dcols, (kh, kw, n, oh, ow, c))
         return col2im(dcols, self.input_shape, self.stride, self.pads)
 
     def extra_repr(self) -> str:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import dtype_of, namespace, xp
+from xpcnn.backend import active_namespace, dtype_of, namespace
 from xpcnn.layers.base import Layer, ones, zeros
 
 
 def channel_sum(x2: Any) -> Any:
     """Σ over the rows of a (rows, C) array, as a GEMV: NumPy's axis-0 reduction is ~4x slower."""
-    space = namespace(x2)
-    return space.ones((x2.shape[0],), dtype=x2.dtype) @ x2
+    xp = namespace(x2)
+    return xp.ones((x2.shape[0],), dtype=x2.dtype) @ x2
 
 
 class _BatchNorm(Layer):
@@ -34,15 +34,16 @@ class _BatchNorm(Layer):
         self.params["bias"] = zeros((num_features,), dtype)
         self.buffers["running_mean"] = zeros((num_features,), dtype)
         self.buffers["running_var"] = ones((num_features,), dtype)
-        self.buffers["num_batches_tracked"] = xp().asarray(0, dtype=xp().int64)
+        xp = active_namespace()
+        self.buffers["num_batches_tracked"] = xp.asarray(0, dtype=xp.int64)
 
     def forward(self, x: Any) -> Any:
         if x.ndim != self.ndim:
             raise ValueError(
                 f"{type(self).__name__}: expected a {self.ndim}-D input, got {x.ndim}-D"
             )
-        space = namespace(x)
-        x2 = space.reshape(x, (-1, self.num_features))  # rows: every position of a channel
+        xp = namespace(x)
+        x2 = xp.reshape(x, (-1, self.num_features))  # rows: every position of a channel
         self.rows = x2.shape[0]
         if self.training:
             mean = channel_sum(x2) / self.rows
@@ -56,29 +57,29 @@ class _BatchNorm(Layer):
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             self.centered = x2 - mean
-        self.inv_std = 1.0 / space.sqrt(var + self.eps)
+        self.inv_std = 1.0 / xp.sqrt(var + self.eps)
         y = self.centered * (self.inv_std * self.params["weight"]) + self.params["bias"]
-        return space.reshape(y, x.shape)
+        return xp.reshape(y, x.shape)
 
     def backward(self, dy: Any) -> Any:
         """With x̂ = (x − μ)·s, s = 1/√(σ² + ε), M rows, in training:
         dγ = Σ dy·x̂,  dβ = Σ dy,  dx = γs·(dy − dβ/M − x̂·dγ/M);  in evaluation dx = γs·dy."""
-        space = namespace(dy)
-        dy2 = space.reshape(dy, (-1, self.num_features))
+        xp = namespace(dy)
+        dy2 = xp.reshape(dy, (-1, self.num_features))
         d_bias = channel_sum(dy2)
         d_weight = channel_sum(dy2 * self.centered) * self.inv_std
         self.accumulate("weight", d_weight)
         self.accumulate("bias", d_bias)
         gain = self.params["weight"] * self.inv_std
         if not self.training:
-            return space.reshape(dy2 * gain, dy.shape)
+            return xp.reshape(dy2 * gain, dy.shape)
         # per-channel constants, so each full-size pass is one multiply or add
         centered_coef = -gain * d_weight * self.inv_std / self.rows
         offset = -gain * d_bias / self.rows
         dx = dy2 * gain
         dx += self.centered * centered_coef
         dx += offset
-        return space.reshape(dx, dy.shape)
+        return xp.reshape(dx, dy.shape)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

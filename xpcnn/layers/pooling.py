@@ -49,11 +49,11 @@ class MaxPool2D(_Pool2D):
     is_max_pool = True
 
     def forward(self, x: Any) -> Any:
-        space = namespace(x)
+        xp = namespace(x)
         self.x = x  # kept for backward: which offset held the maximum
         y = None
         for rows, cols in self.windows(x.shape):
-            y = x[:, rows, cols, :] if y is None else space.maximum(y, x[:, rows, cols, :])
+            y = x[:, rows, cols, :] if y is None else xp.maximum(y, x[:, rows, cols, :])
         self.y = y
         return y
 
@@ -62,25 +62,25 @@ class MaxPool2D(_Pool2D):
         (kh, kw), (sh, sw) = self.kernel, self.stride
         if (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0:
             return self._backward_tiled(dy)
-        space = namespace(dy)
-        dx = space.zeros(self.x.shape, dtype=dy.dtype)
+        xp = namespace(dy)
+        dx = xp.zeros(self.x.shape, dtype=dy.dtype)
         unclaimed = None
         for rows, cols in self.windows(self.x.shape):
             is_max = self.x[:, rows, cols, :] == self.y
             if unclaimed is not None:
                 is_max = is_max & unclaimed
-            dx[:, rows, cols, :] += dy * space.astype(is_max, dy.dtype)  # `where` is slower
+            dx[:, rows, cols, :] += dy * xp.astype(is_max, dy.dtype)  # `where` is slower
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
         return dx
 
     def _backward_tiled(self, dy: Any) -> Any:
         """Windows that tile the input exactly: x viewed as (N, OH, kh, OW, kw, C), one
         full-size compare and one multiply; ties are settled on the small boolean slices."""
-        space = namespace(dy)
+        xp = namespace(dy)
         n, oh, ow, c = dy.shape
         (kh, kw) = self.kernel
         tiles = (n, oh, kh, ow, kw, c)
-        is_max = space.reshape(self.x, tiles) == space.reshape(self.y, (n, oh, 1, ow, 1, c))
+        is_max = xp.reshape(self.x, tiles) == xp.reshape(self.y, (n, oh, 1, ow, 1, c))
         claimed = None
         for i in range(kh):
             for j in range(kw):
@@ -89,8 +89,8 @@ class MaxPool2D(_Pool2D):
                     hit = hit & ~claimed
                     is_max[:, :, i, :, j, :] = hit
                 claimed = hit if claimed is None else claimed | hit
-        dx = space.astype(is_max, dy.dtype) * space.reshape(dy, (n, oh, 1, ow, 1, c))
-        return space.reshape(dx, self.x.shape)
+        dx = xp.astype(is_max, dy.dtype) * xp.reshape(dy, (n, oh, 1, ow, 1, c))
+        return xp.reshape(dx, self.x.shape)
 
 
 class AvgPool2D(_Pool2D):
@@ -104,8 +104,8 @@ class AvgPool2D(_Pool2D):
         return y / (self.kernel[0] * self.kernel[1])
 
     def backward(self, dy: Any) -> Any:
-        space = namespace(dy)
-        dx = space.zeros(self.input_shape, dtype=dy.dtype)
+        xp = namespace(dy)
+        dx = xp.zeros(self.input_shape, dtype=dy.dtype)
         share = dy / (self.kernel[0] * self.kernel[1])
         for rows, cols in self.windows(self.input_shape):
             dx[:, rows, cols, :] += share
@@ -120,26 +120,26 @@ class GlobalAvgPool2D(Layer):
         return namespace(x).mean(x, axis=(1, 2))
 
     def backward(self, dy: Any) -> Any:
-        space = namespace(dy)
+        xp = namespace(dy)
         n, h, w, c = self.input_shape
-        return space.broadcast_to(space.reshape(dy / (h * w), (n, 1, 1, c)), self.input_shape)
+        return xp.broadcast_to(xp.reshape(dy / (h * w), (n, 1, 1, c)), self.input_shape)
 
 
 class GlobalMaxPool2D(Layer):
     """y = max over H and W.   x: (N, H, W, C) → y: (N, C); the gradient goes to the first max."""
 
     def forward(self, x: Any) -> Any:
-        space = namespace(x)
+        xp = namespace(x)
         n, h, w, c = x.shape
-        flat = space.reshape(x, (n, h * w, c))
+        flat = xp.reshape(x, (n, h * w, c))
         self.input_shape = x.shape
-        self.argmax = space.argmax(flat, axis=1)  # first maximum, as in PyTorch
-        return space.max(flat, axis=1)
+        self.argmax = xp.argmax(flat, axis=1)  # first maximum, as in PyTorch
+        return xp.max(flat, axis=1)
 
     def backward(self, dy: Any) -> Any:
-        space = namespace(dy)
+        xp = namespace(dy)
         n, h, w, c = self.input_shape
-        positions = space.arange(h * w, dtype=self.argmax.dtype)
-        is_max = space.reshape(positions, (1, h * w, 1)) == space.reshape(self.argmax, (n, 1, c))
-        dx = space.where(is_max, space.reshape(dy, (n, 1, c)), 0.0)
-        return space.reshape(dx, self.input_shape)
+        positions = xp.arange(h * w, dtype=self.argmax.dtype)
+        is_max = xp.reshape(positions, (1, h * w, 1)) == xp.reshape(self.argmax, (n, 1, c))
+        dx = xp.where(is_max, xp.reshape(dy, (n, 1, c)), 0.0)
+        return xp.reshape(dx, self.input_shape)

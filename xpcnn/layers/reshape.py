@@ -13,15 +13,15 @@ class Flatten(Layer):
     interchangeable with `torch.nn.Flatten` + `Linear`; other shapes flatten as they are."""
 
     def forward(self, x: Any) -> Any:
-        space = namespace(x)
+        xp = namespace(x)
         self.input_shape = x.shape
         if x.ndim == 4:
-            x = space.permute_dims(x, (0, 3, 1, 2))
-        return space.reshape(x, (x.shape[0], -1))
+            x = xp.permute_dims(x, (0, 3, 1, 2))
+        return xp.reshape(x, (x.shape[0], -1))
 
     def backward(self, dy: Any) -> Any:
-        space = namespace(dy)
+        xp = namespace(dy)
         if len(self.input_shape) != 4:
-            return space.reshape(dy, self.input_shape)
+            return xp.reshape(dy, self.input_shape)
         n, h, w, c = self.input_shape
-        return space.permute_dims(space.reshape(dy, (n, c, h, w)), (0, 2, 3, 1))
+        return xp.permute_dims(xp.reshape(dy, (n, c, h, w)), (0, 2, 3, 1))
