@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from xpcnn.run import predict_images, train
-from xpcnn.train import ProgressBar
+from xpcnn.callbacks import ProgressBar
+from xpcnn.runs import predict_images, train
 
 
 def main() -> None:

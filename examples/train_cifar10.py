@@ -16,10 +16,11 @@ import time
 
 import xpcnn
 from xpcnn import plots
+from xpcnn.callbacks import ProgressBar
 from xpcnn.data import Augment, Batches, channel_stats, load_dataset, stratified_split
 from xpcnn.models import build_model
 from xpcnn.optim import SGD, OneCycle
-from xpcnn.train import Callback, ProgressBar, evaluate, fit
+from xpcnn.train import Callback, evaluate, fit
 
 
 class PrintEpoch(Callback):

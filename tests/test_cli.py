@@ -227,7 +227,10 @@ BAD_INPUT = {
     "bad value": (["train", "--epochs", "0"], "argument --epochs: expected a positive integer"),
     "unknown choice": (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     "missing data": (["train", "--data", "{work}/nowhere"], "nowhere: no such file or folder"),
-    "missing checkpoint": (["eval", "--checkpoint", "{work}/none.npz"], "none.npz' does not exist"),
+    "missing checkpoint": (
+        ["eval", "--checkpoint", "{work}/none.npz"],
+        "none.npz': does not exist",
+    ),
     "corrupt checkpoint": (["eval", "--checkpoint", "{truncated}"], "corrupt or truncated"),
     "other model": (["eval", "--checkpoint", "{other}"], "do not fit the 'fast' model"),
     "resume another model": (
@@ -235,7 +238,10 @@ BAD_INPUT = {
         "--model fast differs from the run's seed",
     ),
     "resume nothing": (["train", "--out", "{work}/empty", "--resume"], "--resume: "),
-    "undecodable image": (["predict", "--checkpoint", "{checkpoint}", "{text}"], "cannot be decod"),
+    "undecodable image": (
+        ["predict", "--checkpoint", "{checkpoint}", "{text}"],
+        "unreadable image",
+    ),
     "missing image": (["predict", "--checkpoint", "{checkpoint}", "{work}/no.png"], "not exist"),
     "test split of a folder": (
         ["eval", "--checkpoint", "{checkpoint}", "--split", "test"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn import __version__
-from xpcnn.backend import asarray, backend_name, manual_seed, synchronize, to_numpy
+from xpcnn.backend import asarray, manual_seed, synchronize, to_numpy
 from xpcnn.layers import (
     GELU,
     AvgPool2D,
@@ -39,6 +37,7 @@ from xpcnn.layers import (
     Sequential,
 )
 from xpcnn.layers.conv import output_size, resolve_padding
+from xpcnn.info import system_info
 from xpcnn.models import build_model
 from xpcnn.optim import SGD
 from xpcnn.train import train_step
@@ -320,30 +319,6 @@ def _memory_child(framework: str, name: str, batch: str, images: str, threads: s
     return before, _peak_rss_kib()
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "xpcnn": __version__,
-        "backend": backend_name(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else info["cpu"]
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
-
-
 def run(args: argparse.Namespace) -> int:
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -356,11 +331,11 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             print("xpcnn bench: PyTorch is not installed; timing xpcnn alone", file=sys.stderr)
             peer = False
-    info = machine()
-    info["threads"] = args.threads
+    info: dict[str, Any] = system_info()
+    info["threads"] = str(args.threads)
     info["gemm_gflops"] = gemm_gflops(args.threads)
     print(
-        f"# {info['cpu']}, {info['cores']} cores, {args.threads} threads; numpy {info['numpy']}"
+        f"# {info['cpu']}, {info['cpus']} cpus, {args.threads} threads; numpy {info['numpy']}"
         f"{', torch ' + info['torch'] if peer else ''}; backend {info['backend']}; "
         f"float32 GEMM {info['gemm_gflops']:.0f} GFLOP/s"
     )

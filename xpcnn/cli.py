@@ -1,4 +1,5 @@
-"""The `xpcnn` command (also `python -m xpcnn`): parses, calls `xpcnn.run`, prints.
+"""The `xpcnn` command (also `python -m xpcnn`): parses, calls the library, prints; the only
+module that knows flag names, turning library errors into one line and an exit code.
 
 Exit codes: 0 success, 1 training diverged (NaN/Inf loss), 2 bad input (one line on stderr;
 `--debug` shows the traceback), 130 interrupted by Ctrl-C.
@@ -11,18 +12,21 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from typing import Any
 
 from xpcnn import __version__
 from xpcnn.backend import BackendError
 from xpcnn.checkpoint import CheckpointError
 from xpcnn.data import DataError
-from xpcnn.models import MODELS
-from xpcnn.optim import OPTIMIZERS
-from xpcnn.run import TrainConfig, UsageError
+from xpcnn.models import PRESETS
+from xpcnn.optim import OPTIMIZERS, SCHEDULES
+from xpcnn.runs.config import ConfigError, ResumeMismatch, TrainConfig
+from xpcnn.runs.folder import RunFolderError, RunFolderNotEmpty
+from xpcnn.runs.scoring import EVAL_BATCH, ScoringError
 
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-BAD_INPUT = (BackendError, CheckpointError, DataError, UsageError, OSError)
+BAD_INPUT = (
+    BackendError, CheckpointError, ConfigError, DataError, RunFolderError, ScoringError, OSError,
+)  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,144 +36,65 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"xpcnn: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, low: float, high: float, expected: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_int = _number(int, 1, float("inf"), "a positive integer")
+_non_negative = _number(float, 0.0, float("inf"), "a number >= 0")
+_fraction = _number(float, 0.0, 1.0, "a fraction in [0, 1)")
+_integer = _number(int, -float("inf"), float("inf"), "an integer")
 
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+# flag -> (type or action, metavar, help); every default is the preset's recipe or TrainConfig's
+_TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
+    "--data": (str, "SOURCE", "'cifar10' (downloaded on first use), a CIFAR-10 archive or folder, "
+               "or an image folder/archive ROOT/<class>/*.png|jpg (default: cifar10)"),
+    "--epochs": (_positive_int, "N", "(default: the preset's recipe)"),
+    "--batch-size": (_positive_int, "B", "(default: the preset's recipe)"),
+    "--lr": (_non_negative, "X", "peak learning rate (default: the recipe's; 0.001 for adam and "
+             "adamw when the recipe uses sgd)"),
+    "--momentum": (_non_negative, "M", "SGD momentum (default: the recipe's)"),
+    "--nesterov": ("bool", None, "Nesterov momentum for SGD (default: on when momentum > 0)"),
+    "--weight-decay": (_non_negative, "W", "(default: the recipe's)"),
+    "--label-smoothing": (_fraction, "S", "(default: the recipe's)"),
+    "--augment": ("bool", None, "random crop (pad 4, reflect) and horizontal flip (default: on)"),
+    "--tta": ("bool", None, "score the final model with flip TTA (default: the recipe's)"),
+    "--val-split": (_fraction, "F", "stratified validation fraction of the training images, "
+                    f"0 for none (default: {TrainConfig.val_split})"),
+    "--seed": (_integer, "N", f"seeds weights, split, subset, shuffling, augmentation (default: "
+               f"{TrainConfig.seed})"),
+    "--limit": (_positive_int, "N", "train on a seeded, stratified subset of N training images"),
+    "--image-size": (_positive_int, "N", "resize images to N x N (default: their own size)"),
+}  # fmt: skip
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    keep = argparse.SUPPRESS  # an absent flag stays absent: --resume tells chosen from default
+    keep = argparse.SUPPRESS  # an absent flag stays absent: the recipe (or --resume) decides
     p.add_argument(
-        "--data",
+        "--model",
+        choices=list(PRESETS),
         default=keep,
-        metavar="SOURCE",
-        help=f"'cifar10' (downloaded on first use), a CIFAR-10 archive or folder, or "
-        f"an image folder/archive ROOT/<class>/*.png|jpg (default: {d.data})",
+        help="network preset and its recipe, see 'xpcnn models' (default: seed)",
     )
     p.add_argument(
-        "--model", choices=list(MODELS), default=keep, help=f"network preset (default: {d.model})"
+        "--optimizer", choices=list(OPTIMIZERS), default=keep, help="(default: the recipe's)"
     )
-    p.add_argument(
-        "--epochs", type=_positive_int, default=keep, metavar="N", help=f"(default: {d.epochs})"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=keep,
-        metavar="B",
-        help=f"(default: {d.batch_size})",
-    )
-    p.add_argument(
-        "--optimizer", choices=list(OPTIMIZERS), default=keep, help=f"(default: {d.optimizer})"
-    )
-    p.add_argument(
-        "--lr",
-        type=_non_negative,
-        default=keep,
-        metavar="X",
-        help="peak learning rate (default: 0.05 for sgd, 0.001 for adam and adamw)",
-    )
-    p.add_argument(
-        "--momentum",
-        type=_non_negative,
-        default=keep,
-        metavar="M",
-        help=f"SGD momentum (default: {d.momentum})",
-    )
-    p.add_argument(
-        "--nesterov",
-        action=argparse.BooleanOptionalAction,
-        default=keep,
-        help="Nesterov momentum for SGD (default: on when momentum > 0)",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=_non_negative,
-        default=keep,
-        metavar="W",
-        help=f"(default: {d.weight_decay:g})",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default=keep,
-        help=f"learning-rate schedule over all steps (default: {d.schedule})",
-    )
-    p.add_argument(
-        "--label-smoothing",
-        type=_fraction,
-        default=keep,
-        metavar="S",
-        help=f"(default: {d.label_smoothing:g})",
-    )
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=keep,
-        help="random crop (pad 4, reflect) and horizontal flip (default: on)",
-    )
-    p.add_argument(
-        "--val-split",
-        type=_fraction,
-        default=keep,
-        metavar="F",
-        help=f"stratified validation fraction of the training images, 0 for none "
-        f"(default: {d.val_split})",
-    )
-    p.add_argument(
-        "--seed",
-        type=_integer,
-        default=keep,
-        metavar="N",
-        help=f"seeds weights, split, subset, shuffling, augmentation (default: {d.seed})",
-    )
-    p.add_argument(
-        "--limit",
-        type=_positive_int,
-        default=keep,
-        metavar="N",
-        help="train on a seeded, stratified subset of N training images",
-    )
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
-        default=keep,
-        metavar="N",
-        help="resize images to N x N (default: their own size)",
-    )
+    p.add_argument("--schedule", choices=SCHEDULES, default=keep,
+                   help="learning-rate schedule (default: the recipe's)")  # fmt: skip
+    for flag, (kind, metavar, text) in _TRAIN_FLAGS.items():
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=keep, help=text)
+        else:
+            p.add_argument(flag, type=kind, metavar=metavar, default=keep, help=text)
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -189,18 +114,20 @@ def build_parser(command: str | None = None) -> Parser:
     """The argument parser; `command` == "bench" loads the benchmark's own arguments."""
     parser = Parser(prog="xpcnn", description="Train and use CNNs written on the Python array API.")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     debug = Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
-    info = commands.add_parser("info", parents=[debug], help="backend, device, versions, BLAS")
-    info.set_defaults(parser=info, handler=_info)
+    def add(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[debug], help=text)
+        sub.set_defaults(parser=sub, handler=handler)
+        return sub
 
-    train = commands.add_parser("train", parents=[debug], help="train a model, save a run folder")
-    _add_train_arguments(train)
-    train.set_defaults(parser=train, handler=_train)
+    add("info", _info, "backend, device, versions, BLAS")
+    add("models", _models, "the presets: parameters, MFLOP per image, training recipe")
+    _add_train_arguments(add("train", _train, "train a model, save a run folder"))
 
-    evaluate = commands.add_parser("eval", parents=[debug], help="score a checkpoint")
+    evaluate = add("eval", _eval, "score a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, metavar="FILE")
     evaluate.add_argument(
         "--data",
@@ -213,18 +140,19 @@ def build_parser(command: str | None = None) -> Parser:
         help="default: test when the source has one, else all of it",
     )
     evaluate.add_argument(
-        "--tta", action="store_true", help="average with the horizontally flipped images"
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average with the horizontally flipped images (default: the run's recipe)",
     )
     evaluate.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout, nothing else there"
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256, metavar="B")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=EVAL_BATCH, metavar="B")
     evaluate.add_argument(
         "--out", metavar="DIR", help="folder for confusion.png (default: the checkpoint's folder)"
     )
-    evaluate.set_defaults(parser=evaluate, handler=_eval)
 
-    predict = commands.add_parser("predict", parents=[debug], help="classify image files")
+    predict = add("predict", _predict, "classify image files")
     predict.add_argument("--checkpoint", required=True, metavar="FILE")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument(
@@ -234,21 +162,22 @@ def build_parser(command: str | None = None) -> Parser:
         metavar="K",
         help="classes to show per image (default: 3)",
     )
-    predict.add_argument("--tta", action="store_true",
-                         help="average with the horizontally flipped image")  # fmt: skip
-    predict.set_defaults(parser=predict, handler=_predict)
+    predict.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average with the flipped image (default: the run's recipe)",
+    )
 
-    bench = commands.add_parser("bench", parents=[debug], help="time training steps")
+    bench = add("bench", _bench, "time training steps")
     if command == "bench":
         import xpcnn.bench
 
         xpcnn.bench.add_arguments(bench)
-    bench.set_defaults(parser=bench, handler=_bench)
-    return parser
+    return parser  # fmt: skip
 
 
 def _info(args: argparse.Namespace) -> int:
-    from xpcnn.run import system_info
+    from xpcnn.info import system_info
 
     info = system_info()
     width = max(map(len, info))
@@ -257,21 +186,37 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from xpcnn.run import TrainingInterrupted, train
-    from xpcnn.train import ProgressBar, TrainingDiverged
+def _models(args: argparse.Namespace) -> int:
+    from xpcnn.backend import manual_seed
+    from xpcnn.models import build_model
 
-    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in args}
+    for name, preset in PRESETS.items():
+        manual_seed(0)
+        summary = build_model(name).summary((3, 32, 32))
+        print(f"{name}: {preset.description}")
+        print(f"  {summary.parameters:,} parameters, {summary.flops / 1e6:.1f} MFLOP per "
+              "32x32 image (forward)")  # fmt: skip
+        config = TrainConfig.resolve({"model": name})
+        print(f"  recipe: {config.describe()}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from xpcnn.callbacks import ProgressBar
+    from xpcnn.runs import TrainingInterrupted, train
+    from xpcnn.train import TrainingDiverged
+
+    options = {name: getattr(args, name) for name in TrainConfig.names() if name in args}
     bar = ProgressBar(file=sys.stderr)
     try:
         train(options, args.out, resume=args.resume, force=args.force,
               log=lambda line: print(line, flush=True), callbacks=[bar])  # fmt: skip
     except TrainingDiverged as err:
-        bar.on_epoch_end({})  # close the half-drawn bar before the message
-        print(f"xpcnn: error: {err}", file=sys.stderr)
+        bar.close()  # the half-drawn bar, before the message
+        print(f"xpcnn: error: {err} (try a smaller --lr)", file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:
-        bar.on_epoch_end({})
+        bar.close()
         print(f"\nxpcnn: {stop}", file=sys.stderr)
         if stop.saved_epoch:
             command = ["xpcnn", "train", "--data", stop.config.data, "--out", str(stop.out)]
@@ -287,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from xpcnn.run import evaluate_checkpoint
+    from xpcnn.runs import evaluate_checkpoint
 
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = evaluate_checkpoint(
@@ -295,12 +240,11 @@ def _eval(args: argparse.Namespace) -> int:
         out=args.out, log=log,
     )  # fmt: skip
     if args.json:
-        keys = ("accuracy", "n", "per_class")
-        print(json.dumps({key: result[key] for key in keys}))
+        print(json.dumps({key: result[key] for key in ("accuracy", "n", "per_class")}))
         return 0
     what = "all of it" if result["split"] == "all" else f"its {result['split']} split"
     print(
-        f"{args.checkpoint} on {result['data']}, {what}{' with TTA' if args.tta else ''}: "
+        f"{args.checkpoint} on {result['data']}, {what}{' with TTA' if result['tta'] else ''}: "
         f"{result['n']} images"
     )
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
@@ -313,7 +257,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from xpcnn.run import predict_images
+    from xpcnn.runs import predict_images
 
     for name, top in predict_images(args.checkpoint, args.images, top=args.top, tta=args.tta):
         print(f"{name}: " + "  ".join(f"{label} {p:.3f}" for label, p in top))
@@ -326,7 +270,33 @@ def _bench(args: argparse.Namespace) -> int:
     return xpcnn.bench.run(args)
 
 
-def _message(err: BaseException) -> str:
+def _flag(field: str, value: Any = None) -> str:
+    """A setting as the person typed it: `--weight-decay 0.1`, `--no-augment`."""
+    name = "--" + field.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else f"--no-{name[2:]}"
+    return name if value is None else f"{name} {value}"
+
+
+def _message(err: BaseException, command: str | None) -> str:
+    """One line naming the flag or file and what was expected."""
+    if isinstance(err, ResumeMismatch):
+        return (f"--resume: {_flag(err.field, err.value)} differs from the run's "
+                f"{err.stored} ({err.path}); resume with the run's own settings or start a "
+                "new --out")  # fmt: skip
+    if isinstance(err, ConfigError):
+        return f"{_flag(err.field, err.value)}: {err.expected}"
+    if isinstance(err, RunFolderNotEmpty):
+        return (f"--out: {str(err.path)!r} already exists and is not empty; pass --resume to "
+                "continue its run or --force to overwrite it")  # fmt: skip
+    if isinstance(err, RunFolderError):
+        return f"--out: {err}"
+    if isinstance(err, CheckpointError):
+        return f"{'--resume' if command == 'train' else '--checkpoint'}: {err}"
+    if isinstance(err, DataError):
+        return f"{'IMAGE' if command == 'predict' else '--data'}: {err}"
+    if isinstance(err, ScoringError):
+        return f"{_flag(err.what, err.value)}: {err.expected}"
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
     return str(err)
@@ -356,5 +326,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT as err:
         if args.debug:
             raise
-        print(f"xpcnn: error: {_message(err)}", file=sys.stderr)
+        print(f"xpcnn: error: {_message(err, args.command)}", file=sys.stderr)
         return 2

@@ -205,8 +205,12 @@ class OneCycle:
         return _cosine(self.max_lr, self.min_lr, (step - self.peak_step) / span)
 
 
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
 def make_schedule(name: str, lr: float, total_steps: int, steps_per_epoch: int) -> Any:
-    """The CLI's schedules: constant, step (×0.1 every third of training), cosine, onecycle."""
+    """A schedule by name (SCHEDULES): constant, step (×0.1 every third of training), cosine
+    (one-epoch warm-up, at most a tenth of training), onecycle."""
     if name == "constant":
         return Constant(lr)
     if name == "step":
@@ -215,4 +219,4 @@ def make_schedule(name: str, lr: float, total_steps: int, steps_per_epoch: int) 
         return Cosine(lr, total_steps, warmup_steps=min(steps_per_epoch, total_steps // 10))
     if name == "onecycle":
         return OneCycle(lr, total_steps)
-    raise ValueError(f"schedule: expected constant, step, cosine or onecycle, got {name!r}")
+    raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")

@@ -1,7 +1,7 @@
 """Figures of a run with matplotlib's Agg backend — an optional extra (`pip install 'xpcnn[plot]'`).
 
 `available()` says whether matplotlib imports; every function writes one PNG atomically
-(`checkpoint.atomic_file`), so a viewer never sees a half-written picture.
+(`files.atomic_file`), so a viewer never sees a half-written picture.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.checkpoint import atomic_file
+from xpcnn.files import atomic_file
 
 MISSING = "matplotlib is not installed: plots are skipped (pip install 'xpcnn[plot]')"
 

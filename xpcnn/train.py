@@ -1,8 +1,8 @@
-"""fit / evaluate / predict over mini-batches, with callbacks for progress and checkpoints.
+"""fit / evaluate / predict over mini-batches, and the Callback protocol they call.
 
 `batches` arguments are any object with `len()` (batches per epoch) and `epoch(e)`, which
 yields (x, y) device batches in an order fixed by (seed, e) — `xpcnn.data.Batches` is one.
-The library prints nothing: what a person sees comes from callbacks (`ProgressBar`).
+The library prints nothing: what a person sees comes from callbacks (`xpcnn.callbacks`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,21 @@ from xpcnn.losses import cross_entropy, log_softmax, one_hot
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite: `epoch` (1-based), `step` (None: at the epoch's end),
+    `loss` and `lr` say where."""
+
+    def __init__(self, epoch: int, step: int | None, loss: float, lr: float) -> None:
+        self.epoch, self.step, self.loss, self.lr = epoch, step, loss, lr
+        where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+        super().__init__(f"training diverged in {where}: the loss is {loss} (lr {lr:g})")
+
+
+def check_finite(progress: Progress, at_step: bool = True) -> None:
+    """Raise TrainingDiverged when the epoch's running loss is NaN or infinite."""
+    loss = progress.running()["loss"]
+    if not math.isfinite(loss):
+        step = progress.batch if at_step else None
+        raise TrainingDiverged(progress.epoch + 1, step, loss, progress.lr)
 
 
 @dataclass
@@ -71,8 +85,8 @@ def train_step(model: Any, optimizer: Any, x: Any, y: Any, label_smoothing: floa
     model.zero_grad()
     model.backward(grad, input_grad=False)
     optimizer.step()
-    space = namespace(logits)
-    correct = space.sum(space.astype(space.argmax(logits, axis=1) == y, space.int64))
+    xp = namespace(logits)
+    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
     return loss * x.shape[0], correct
 
 
@@ -114,13 +128,9 @@ def fit(
             for callback in callbacks:
                 callback.on_batch_end(progress)
         synchronize()
+        check_finite(progress, at_step=False)
         running = progress.running()
         seconds = time.perf_counter() - progress.started
-        if not math.isfinite(running["loss"]):
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch + 1}: the loss is {running['loss']} "
-                f"(lr {optimizer.lr:g}); try a smaller --lr"
-            )
         record = {
             "epoch": epoch + 1,
             "train_loss": running["loss"],
@@ -145,9 +155,9 @@ def fit(
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     log_p = log_softmax(model(x))
     if tta:  # average the probabilities of the image and its mirror image, in log space
-        space = namespace(x)
-        flipped = log_softmax(model(space.flip(x, axis=3)))
-        log_p = space.logaddexp(log_p, flipped) - math.log(2.0)
+        xp = namespace(x)
+        flipped = log_softmax(model(xp.flip(x, axis=3)))
+        log_p = xp.logaddexp(log_p, flipped) - math.log(2.0)
     return log_p
 
 
@@ -156,11 +166,11 @@ def evaluate(model: Any, batches: Any, tta: bool = False) -> dict[str, float]:
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches.epoch(0):
-        space = namespace(x)
+        xp = namespace(x)
         log_p = _log_probabilities(model, x, tta)
-        hits = space.argmax(log_p, axis=1) == y
-        loss_sum = loss_sum - space.sum(one_hot(y, log_p.shape[1], log_p.dtype) * log_p)
-        correct = correct + space.sum(space.astype(hits, space.int64))
+        hits = xp.argmax(log_p, axis=1) == y
+        loss_sum = loss_sum - xp.sum(one_hot(y, log_p.shape[1], log_p.dtype) * log_p)
+        correct = correct + xp.sum(xp.astype(hits, xp.int64))
         count += x.shape[0]
     model.train()
     return {
@@ -180,41 +190,3 @@ def predict(model: Any, batches: Iterable[Any] | Any, tta: bool = False) -> np.n
         chunks.append(to_numpy(namespace(x).exp(_log_probabilities(model, x, tta))))
     model.train()
     return np.concatenate(chunks, axis=0)
-
-
-class ProgressBar(Callback):
-    """A tqdm bar per epoch (loss, accuracy, images/s), refreshed every `every` steps."""
-
-    def __init__(self, every: int = 20, file: Any = None) -> None:
-        self.every, self.file = every, file
-        self.bar = None
-
-    def on_train_begin(self, fit_state: dict[str, Any]) -> None:
-        self.epochs = fit_state["epochs"]
-
-    def on_epoch_begin(self, progress: Progress) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=progress.batches,
-            desc=f"epoch {progress.epoch + 1}/{self.epochs}",
-            unit="batch",
-            leave=False,
-            file=self.file,
-            dynamic_ncols=True,
-        )
-
-    def on_batch_end(self, progress: Progress) -> None:
-        if progress.batch % self.every == 0 or progress.batch == progress.batches:
-            running = progress.running()
-            self.bar.set_postfix(
-                loss=f"{running['loss']:.3f}",
-                acc=f"{running['acc']:.3f}",
-                img_s=f"{running['images_per_s']:.0f}",
-            )
-            self.bar.update(progress.batch - self.bar.n)
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None

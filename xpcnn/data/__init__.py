@@ -11,8 +11,13 @@ from xpcnn.data.augment import Augment, cutout, horizontal_flip, random_crop
 from xpcnn.data.batches import Batches
 from xpcnn.data.cifar10 import CIFAR10_CLASSES
 from xpcnn.data.dataset import DataError, Dataset, data_home
-from xpcnn.data.sources import load_dataset
-from xpcnn.data.splits import channel_stats, stratified_split, stratified_subset
+from xpcnn.data.sources import is_cifar10_name, load_dataset
+from xpcnn.data.splits import (
+    channel_stats,
+    stratified_split,
+    stratified_subset,
+    train_val_indices,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -24,8 +29,10 @@ __all__ = [
     "cutout",
     "data_home",
     "horizontal_flip",
+    "is_cifar10_name",
     "load_dataset",
     "random_crop",
     "stratified_split",
     "stratified_subset",
+    "train_val_indices",
 ]

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from xpcnn.data.dataset import DataError
+from xpcnn.files import atomic_file
 
 _CHUNK = 1 << 20
 
@@ -49,11 +46,11 @@ def download(
 
 
 def _fetch(url: str, dest: Path, md5: str, progress: bool, timeout: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    from tqdm import tqdm  # imported when used: `import xpcnn` stays light
+
     try:
         digest, received = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with atomic_file(dest) as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             with tqdm(
                 total=total or None,
@@ -69,18 +66,16 @@ def _fetch(url: str, dest: Path, md5: str, progress: bool, timeout: float) -> No
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-        if total and received != total:
-            raise DataError(
-                f"{url}: download interrupted after {received} of {total} bytes; nothing was saved"
-            )
-        if digest.hexdigest() != md5:
-            raise DataError(
-                f"{url}: checksum mismatch (md5 {digest.hexdigest()}, expected {md5}); "
-                "nothing was saved"
-            )
-        os.replace(tmp, dest)
+            if total and received != total:
+                raise DataError(
+                    f"{url}: download interrupted after {received} of {total} bytes; "
+                    "nothing was saved"
+                )
+            if digest.hexdigest() != md5:
+                raise DataError(
+                    f"{url}: checksum mismatch (md5 {digest.hexdigest()}, expected {md5}); "
+                    "nothing was saved"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err
         raise DataError(f"{url}: download failed ({reason}); nothing was saved") from None
-    finally:
-        tmp.unlink(missing_ok=True)

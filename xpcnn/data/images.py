@@ -55,6 +55,21 @@ def read_image_tree(path: Path, size: tuple[int, int] | None = None) -> Dataset:
     return Dataset(images[order], labels, classes, has_test=False, source=str(path), notes=notes)
 
 
+def read_image_files(paths: Iterable[str | os.PathLike], size: tuple[int, int]) -> np.ndarray:
+    """Image files decoded as `read_image_tree` decodes them, each resized to `size` (H, W):
+    uint8 (N, 3, H, W). A missing or undecodable file is a DataError naming it."""
+    names, blobs = [str(p) for p in paths], []
+    for name in names:
+        if not Path(name).is_file():
+            raise DataError(f"{name}: does not exist (expected an image file)")
+        blobs.append(Path(name).read_bytes())
+    images, failures, _ = decode_chunk(blobs, size, resize=True)
+    if failures:
+        index, problem = failures[0]
+        raise DataError(f"{names[index]}: {problem}")
+    return images
+
+
 def _folder_entries(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

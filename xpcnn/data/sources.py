@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +19,16 @@ import numpy as np
 from xpcnn.data.cifar10 import fetch_cifar10, read_cifar10, source_format
 from xpcnn.data.dataset import DataError, Dataset, data_home
 from xpcnn.data.images import read_image_tree, resize_images
+from xpcnn.files import atomic_file
 
 SPLITS = ("train", "test", "all")
 CACHE_VERSION = 1
-OFFICIAL = ("cifar10", "cifar-10")
+OFFICIAL = ("cifar10", "cifar-10")  # the names of the official download
+
+
+def is_cifar10_name(source: str | os.PathLike) -> bool:
+    """True when `source` names the official CIFAR-10 download rather than a path."""
+    return str(source).lower() in OFFICIAL
 
 
 def load_dataset(
@@ -49,7 +54,7 @@ def load_dataset(
         raise DataError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
     size = _as_size(size)
     home = data_home(cache_dir)
-    if str(source).lower() in OFFICIAL:
+    if is_cifar10_name(source):
         archive = home / "cifar-10-binary.tar.gz"
 
         def read_split(s: str) -> Dataset:
@@ -173,12 +178,10 @@ def _load_cache(file: Path) -> Dataset | None:
 
 
 def _save_cache(file: Path, dataset: Dataset) -> None:
-    """Write atomically (temporary file, then rename); if that fails, note it and go on."""
-    tmp = None
+    """Write atomically (`atomic_file`); if that fails, note it and go on."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=file.parent)
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(file) as out:
             np.savez(
                 out,
                 images=dataset.images,
@@ -188,14 +191,9 @@ def _save_cache(file: Path, dataset: Dataset) -> None:
                 source=np.array(dataset.source),
                 notes=np.array(dataset.notes, dtype=str),
             )
-        os.replace(tmp, file)
-        tmp = None
         same_source = file.name.rsplit("-", 1)[0] + "-"
         for stale in file.parent.iterdir():  # the same source before it changed: never read again
             if stale.name.startswith(same_source) and stale.suffix == ".npz" and stale != file:
                 stale.unlink(missing_ok=True)
     except OSError as err:
         dataset.notes.append(f"could not write the cache {file} ({err.strerror or err})")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

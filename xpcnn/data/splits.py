@@ -42,8 +42,27 @@ def stratified_split(
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of `n` examples with the class proportions of `labels` (for --limit N)."""
+    """Sorted indices of `n` examples with the class proportions of `labels` (a quick run on a
+    subset)."""
     return stratified_split(labels, n_val=min(n, len(labels)), seed=seed)[1]
+
+
+def train_val_indices(
+    labels: np.ndarray, val_split: float, seed: int, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) of a training source: a stratified validation split, then with
+    `limit` a stratified subset of `limit` training images and a validation subset in the same
+    proportion (so a quick run also validates quickly). Same arguments ⇒ same indices."""
+    if val_split > 0:
+        train_idx, val_idx = stratified_split(labels, val_split, seed=seed)
+    else:
+        train_idx, val_idx = np.arange(len(labels), dtype=np.int64), np.zeros(0, np.int64)
+    if limit is not None:
+        train_idx = train_idx[stratified_subset(labels[train_idx], limit, seed=seed)]
+        if len(val_idx):
+            n_val = max(1, round(limit * val_split / (1.0 - val_split)))
+            val_idx = val_idx[stratified_subset(labels[val_idx], n_val, seed=seed)]
+    return train_idx, val_idx
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,258 @@
+"""The run layer imported directly: settings and recipes, the run record's schema, the run
+folder's lifecycle, and resolving a resumed run."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn.checkpoint import load_checkpoint, save_checkpoint
+from xpcnn.models import PRESETS
+from xpcnn.optim import SGD
+from xpcnn.runs import (
+    ConfigError,
+    RecordError,
+    ResumeMismatch,
+    RunFolder,
+    RunFolderError,
+    RunFolderNotEmpty,
+    RunRecord,
+    TrainConfig,
+    load_run,
+    restore_model,
+)
+from xpcnn.runs.folder import LOCK
+
+V1_META = json.loads((Path(__file__).parent / "data" / "meta-v1.json").read_text())
+
+
+def record(**changes) -> RunRecord:
+    config = TrainConfig.resolve({"data": "pics", "epochs": 3})
+    base = RunRecord(
+        config, "seed", {"num_classes": 2, "in_channels": 3, "image_size": 8}, ("blue", "red"),
+        (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), data_size=20, train_size=16, val_size=4,
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def write_run(folder: Path, rec: RunRecord, name: str = "checkpoint.npz") -> Path:
+    xpcnn.manual_seed(0)
+    model = rec.build_model()
+    optimizer = SGD(model, lr=0.1, momentum=0.9)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(folder / name, model.state_dict(), optimizer.state_dict(),
+                           rec.to_json())  # fmt: skip
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_a_preset_brings_its_recipe():
+    config = TrainConfig.resolve({"model": "fast"})
+    recipe = PRESETS["fast"].recipe
+    assert (config.epochs, config.lr, config.label_smoothing, config.tta) == (
+        recipe.epochs, recipe.lr, recipe.label_smoothing, recipe.tta,
+    )  # fmt: skip
+    assert (config.epochs, config.lr, config.label_smoothing, config.tta) == (14, 0.1, 0.2, True)
+
+
+def test_a_chosen_setting_overrides_one_field_of_the_recipe():
+    config = TrainConfig.resolve({"model": "fast", "epochs": 3})
+    assert (config.epochs, config.lr, config.label_smoothing) == (3, 0.1, 0.2)
+
+
+def test_another_optimizer_gets_its_own_default_lr():
+    assert TrainConfig.resolve({"optimizer": "adam"}).lr == 1e-3
+    assert TrainConfig.resolve({"optimizer": "adam", "lr": 0.01}).lr == 0.01
+
+
+def test_zero_momentum_turns_nesterov_off_unless_asked():
+    assert TrainConfig.resolve({"momentum": 0.0}).nesterov is False
+    with pytest.raises(ConfigError, match="nesterov=True: needs momentum > 0"):
+        TrainConfig.resolve({"momentum": 0.0, "nesterov": True})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", 0), ("batch_size", 2.5), ("lr", float("nan")), ("label_smoothing", 1.0),
+     ("optimizer", "rmsprop"), ("schedule", "linear"), ("augment", "yes"), ("limit", -1),
+     ("model", "resnet")],
+)  # fmt: skip
+def test_a_setting_out_of_range_names_its_field(field, value):
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.resolve({field: value})
+    assert (caught.value.field, caught.value.value) == (field, value)
+
+
+def test_unknown_settings_are_a_type_error():
+    with pytest.raises(TypeError, match="bogus"):
+        TrainConfig.resolve({"bogus": 1})
+
+
+def test_resume_may_extend_epochs_and_move_data_but_nothing_else(tmp_path):
+    stored = TrainConfig.resolve({"data": "pics", "epochs": 3})
+    resumed = stored.resumed({"epochs": 5, "data": "elsewhere"}, 2, tmp_path)
+    assert (resumed.epochs, resumed.data, resumed.lr) == (5, "elsewhere", stored.lr)
+    assert stored.resumed({"lr": stored.lr}, 2, tmp_path) == stored  # the same value is fine
+    with pytest.raises(ResumeMismatch) as caught:
+        stored.resumed({"lr": 0.5}, 2, tmp_path)
+    assert (caught.value.field, caught.value.value, caught.value.stored) == ("lr", 0.5, stored.lr)
+    with pytest.raises(ConfigError, match="already finished epoch 2"):
+        stored.resumed({"epochs": 1}, 2, tmp_path)
+
+
+# --- the run record ------------------------------------------------------------------------
+
+
+def test_record_round_trips_through_json():
+    rec = record().after_epoch({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "lr": 0.1,
+                                "seconds": 1.0, "images_per_s": 16.0, "val_loss": 0.9,
+                                "val_acc": 0.75})  # fmt: skip
+    assert RunRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert rec.to_json()["schema"] == 2 and rec.best == (1, 0.75)
+
+
+def test_best_follows_the_highest_validation_accuracy():
+    row = {"train_loss": 1.0, "train_acc": 0.5, "lr": 0.1, "seconds": 1.0, "images_per_s": 1.0}
+    rec = record()
+    for epoch, acc in enumerate([0.5, 0.75, 0.6], start=1):
+        rec = rec.after_epoch({**row, "epoch": epoch, "val_loss": 1.0, "val_acc": acc})
+    assert (rec.epoch, rec.best) == (3, (2, 0.75))
+
+
+def test_a_version_1_record_migrates():
+    migrated = RunRecord.from_json(V1_META, "v1.npz")
+    assert migrated.config.tta is False and migrated.epoch == 2 and migrated.best == (1, 1.0)
+    assert migrated.classes == ("blue", "red") and migrated.image_size == 8
+    assert migrated.to_json()["schema"] == 2
+
+
+def _broken(path: str, value):
+    meta = json.loads(json.dumps(V1_META))
+    *parents, last = path.split(".")
+    target = meta
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is KeyError:
+        del target[last]
+    elif isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return meta
+
+
+@pytest.mark.parametrize(
+    "path, value, field",
+    [
+        ("epoch", "2", "epoch"),
+        ("epoch", 7, "epoch"),
+        ("epoch", KeyError, "epoch"),
+        ("classes", "blue", "classes"),
+        ("classes", ["blue", "blue"], "classes"),
+        ("classes", ["blue", 3], "classes"),
+        ("mean", [0.5, 0.5], "mean"),
+        ("std", [0.2, 0.0, 0.2], "std"),
+        ("image_size", 9, "image_size"),
+        ("model.name", "resnet", "model.name"),
+        ("model.kwargs.num_classes", 0, "model.kwargs.num_classes"),
+        ("model.kwargs.dtype", "float64", "model.kwargs"),
+        ("config.lr", "fast", "config.lr"),
+        ("config.optimizer", KeyError, "config"),
+        ("config.extra", 1, "config"),
+        ("history", {"epoch": 1}, "history"),
+        ("history.1.epoch", 5, "history[1]"),
+        ("history.0.train_loss", None, "history[0].train_loss"),
+        ("best", [9, 1.0], "best"),
+        ("best", "yes", "best"),
+        ("train_size", 0, "train_size"),
+        ("schema", 3, "schema"),
+    ],
+)
+def test_a_bad_field_is_one_error_naming_the_file_and_field(path, value, field):
+    with pytest.raises(RecordError) as caught:
+        RunRecord.from_json(_broken(path, value), "run/checkpoint.npz")
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"'run/checkpoint.npz': {field}: ")
+
+
+def test_restore_builds_the_named_preset_with_the_weights(tmp_path):
+    path = write_run(tmp_path, record())
+    checkpoint, rec = load_run(path)
+    model = restore_model(checkpoint, rec)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(xpcnn.backend.to_numpy(value), checkpoint.model[key]), key
+
+
+def test_weights_of_another_model_do_not_restore(tmp_path):
+    path = write_run(tmp_path, record())
+    checkpoint = load_checkpoint(path)
+    checkpoint.meta["model"]["name"] = "fast"
+    rec = RunRecord.from_json(checkpoint.meta, path)
+    with pytest.raises(RecordError, match="do not fit the 'fast' model"):
+        restore_model(checkpoint, rec)
+
+
+# --- the run folder ------------------------------------------------------------------------
+
+
+def test_a_new_folder_is_made_only_by_start(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder.open(out) as folder:
+        assert not out.exists() and folder.resumed is None
+        folder.start()
+        assert out.is_dir() and (out / LOCK).is_file()
+    assert list(out.iterdir()) == []  # the lock goes with the run
+
+
+def test_a_folder_with_files_needs_force_and_force_clears_run_files(tmp_path):
+    out = tmp_path / "run"
+    write_run(out, record())
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderNotEmpty):
+        RunFolder.open(out)
+    with RunFolder.open(out, force=True) as folder:
+        folder.start()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_file_is_not_a_run_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        RunFolder.open(tmp_path / "file")
+
+
+def test_a_second_run_cannot_use_a_folder_in_use(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunFolder.open(out):
+        with pytest.raises(RunFolderError, match="in use by another run"):
+            RunFolder.open(out, force=True)
+    with RunFolder.open(out, force=True):  # released when the first one ends
+        pass
+
+
+def test_a_lock_file_left_by_a_killed_run_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text("12345")
+    with RunFolder.open(out) as folder:
+        folder.start()
+    assert not (out / LOCK).exists()
+
+
+def test_resume_loads_the_validated_record(tmp_path):
+    out = tmp_path / "run"
+    write_run(out, record(epoch=0))
+    with RunFolder.open(out, resume=True) as folder:
+        checkpoint, rec = folder.resumed
+        assert rec == record(epoch=0) and checkpoint.path == out / "checkpoint.npz"
+
+
+def test_resume_without_a_checkpoint_names_the_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="checkpoint.npz'?: does not exist"):
+        RunFolder.open(tmp_path / "empty", resume=True)

@@ -1,0 +1,243 @@
+"""Callbacks for `fit`, one job each (as Keras' `callbacks/`): progress bar, epoch log, NaN
+stop, Ctrl-C stop, dropout reseeding, and the writers of a run folder — checkpoint, history,
+plots. None of them knows about the command line; the run layer wires them together."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from xpcnn.backend import manual_seed
+from xpcnn.checkpoint import save_checkpoint
+from xpcnn.files import write_text
+from xpcnn.train import Callback, Progress, check_finite, predict
+
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+)  # fmt: skip
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (loss, accuracy, images/s), refreshed every `every` steps."""
+
+    def __init__(self, every: int = 20, file: Any = None) -> None:
+        self.every, self.file = every, file
+        self.bar = None
+
+    def on_train_begin(self, fit_state: dict[str, Any]) -> None:
+        self.epochs = fit_state["epochs"]
+
+    def on_epoch_begin(self, progress: Progress) -> None:
+        from tqdm.auto import tqdm  # imported when used: `import xpcnn` stays light
+
+        self.bar = tqdm(
+            total=progress.batches,
+            desc=f"epoch {progress.epoch + 1}/{self.epochs}",
+            unit="batch",
+            leave=False,
+            file=self.file,
+            dynamic_ncols=True,
+        )
+
+    def on_batch_end(self, progress: Progress) -> None:
+        if progress.batch % self.every == 0 or progress.batch == progress.batches:
+            running = progress.running()
+            self.bar.set_postfix(
+                loss=f"{running['loss']:.3f}",
+                acc=f"{running['acc']:.3f}",
+                img_s=f"{running['images_per_s']:.0f}",
+            )
+            self.bar.update(progress.batch - self.bar.n)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Take the half-drawn bar off the terminal (before an error message)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EpochLog(Callback):
+    """One line per epoch through `log` (print, a logger, a list's append)."""
+
+    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
+        self.log, self.epochs = log, epochs
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        width = len(str(self.epochs))
+        line = (
+            f"epoch {record['epoch']:{width}d}/{self.epochs}  "
+            f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+        )
+        if "val_loss" in record:
+            line += f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+        line += (
+            f"  lr {record['lr']:.3g}  {record['seconds']:.1f} s "
+            f"({record['images_per_s']:.0f} img/s)"
+        )
+        self.log(line)
+
+
+class TerminateOnNaN(Callback):
+    """Stop as soon as the running loss is NaN or infinite (checked every `every` steps, a host
+    sync each time on a GPU), rather than at the end of a long epoch."""
+
+    def __init__(self, every: int = 20) -> None:
+        self.every = every
+
+    def on_batch_end(self, progress: Progress) -> None:
+        if progress.batch % self.every == 0:
+            check_finite(progress)
+
+
+class ReseedDropout(Callback):
+    """Seed the default generator (dropout) from (seed, epoch), so a resumed epoch draws the same
+    masks as an uninterrupted one."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_epoch_begin(self, progress: Progress) -> None:
+        manual_seed(self.seed, progress.epoch, 2)
+
+
+class StopRequested(Exception):
+    """Raised by StopOnSignal out of `fit`; `epoch` (0-based) is the epoch it stopped in."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"stop requested in epoch {epoch + 1}")
+        self.epoch = epoch
+
+
+class StopOnSignal(Callback):
+    """Inside `catching_sigint()`, Ctrl-C sets a flag and training stops with StopRequested after
+    the step (or checkpoint write) in progress. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.epoch = 0
+
+    @contextmanager
+    def catching_sigint(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_epoch_begin(self, progress: Progress) -> None:
+        self.epoch = progress.epoch
+        self._stop_if_requested()
+
+    def on_batch_end(self, progress: Progress) -> None:
+        self._stop_if_requested()
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.epoch = record["epoch"]  # the next epoch, should the stop come now
+        self._stop_if_requested()
+
+    def _stop_if_requested(self) -> None:
+        if self.requested:
+            raise StopRequested(self.epoch)
+
+
+class ModelCheckpoint(Callback):
+    """After each epoch, the model and optimizer state with `meta(history)` as its JSON record
+    into `path` (atomically) — or, with `monitor`, only when that key of the epoch's record
+    beats every earlier epoch's (Keras' `save_best_only`). `history` holds earlier epochs of a
+    resumed run. `saved_epoch`: the epoch the file holds (0: none written by this run yet)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        model: Any,
+        optimizer: Any,
+        meta: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        history: Sequence[dict[str, Any]] = (),
+        monitor: str | None = None,
+    ) -> None:
+        self.path, self.model, self.optimizer, self.meta = Path(path), model, optimizer, meta
+        self.history, self.monitor = list(history), monitor
+        self.saved_epoch = self.history[-1]["epoch"] if self.history and not monitor else 0
+        self.best = max((r[monitor] for r in self.history if monitor in r), default=None)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.monitor is not None:
+            if self.monitor not in record:
+                return
+            if self.best is not None and record[self.monitor] <= self.best:
+                return
+            self.best = record[self.monitor]
+        state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
+        save_checkpoint(self.path, state, optim_state, self.meta(self.history))
+        self.saved_epoch = record["epoch"]
+
+
+class HistoryLogger(Callback):
+    """history.csv and history.json in `folder` after each epoch, each replaced atomically
+    (Keras' CSVLogger); `history` holds earlier epochs of a resumed run."""
+
+    def __init__(self, folder: str | Path, history: Sequence[dict[str, Any]] = ()) -> None:
+        self.folder, self.history = Path(folder), list(history)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        write_history(self.history, self.folder)
+
+
+def write_history(history: Sequence[dict[str, Any]], folder: Path) -> None:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(folder / "history.csv", table.getvalue())
+    write_text(folder / "history.json", json.dumps(list(history), indent=1) + "\n")
+
+
+class PlotWriter(Callback):
+    """curves.png (loss and accuracy per epoch) and, given `samples` (a Dataset) with their
+    `batches`, samples.png (those images with the model's predictions) in `folder` after each
+    epoch. Does nothing where matplotlib is not installed."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        model: Any,
+        history: Sequence[dict[str, Any]] = (),
+        samples: Any = None,
+        batches: Any = None,
+    ) -> None:
+        self.folder, self.model, self.history = Path(folder), model, list(history)
+        self.samples, self.batches = samples, batches
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        from xpcnn import plots
+
+        self.history.append(record)
+        if not plots.available():
+            return
+        plots.plot_curves(self.history, self.folder / "curves.png")
+        if self.samples is not None and len(self.samples):
+            predicted = predict(self.model, self.batches).argmax(axis=1)
+            plots.plot_samples(
+                self.samples.images, self.samples.labels, predicted, self.samples.classes,
+                self.folder / "samples.png",
+            )  # fmt: skip

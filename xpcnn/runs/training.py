@@ -1,0 +1,270 @@
+"""Training a run: answer "fresh or resumed" once into a `Start`, then one straight path —
+data, model, optimizer, callbacks, `fit`, the final score — writing into the run folder."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xpcnn import plots
+from xpcnn.backend import backend_name, manual_seed
+from xpcnn.callbacks import (
+    EpochLog,
+    HistoryLogger,
+    ModelCheckpoint,
+    PlotWriter,
+    ReseedDropout,
+    StopOnSignal,
+    StopRequested,
+    TerminateOnNaN,
+)
+from xpcnn.checkpoint import Checkpoint
+from xpcnn.data import Augment, Batches, Dataset, channel_stats, load_dataset, train_val_indices
+from xpcnn.models import build_model
+from xpcnn.optim import OPTIMIZERS, make_schedule
+from xpcnn.runs.config import ConfigError, TrainConfig
+from xpcnn.runs.folder import RunFolder
+from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
+from xpcnn.runs.scoring import eval_batches, score
+from xpcnn.train import Callback, TrainingDiverged, fit
+
+Log = Callable[[str], None]
+SAMPLES = 24  # validation images drawn in samples.png
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training after a finished step. `saved_epoch`: the epoch the run
+    folder's checkpoint holds (0 when none finished); `epoch`: the 0-based epoch it stopped in."""
+
+    def __init__(self, out: Path, epoch: int, saved_epoch: int, config: TrainConfig) -> None:
+        self.out, self.epoch, self.saved_epoch, self.config = out, epoch, saved_epoch, config
+        super().__init__(f"interrupted in epoch {epoch + 1}/{config.epochs}")
+
+
+class RunDiverged(TrainingDiverged):
+    """TrainingDiverged in a run folder; `saved_epoch` is what its checkpoint keeps."""
+
+    def __init__(self, err: TrainingDiverged, checkpoint: Path, saved_epoch: int) -> None:
+        super().__init__(err.epoch, err.step, err.loss, err.lr)
+        self.checkpoint, self.saved_epoch = checkpoint, saved_epoch
+        kept = (
+            f"{checkpoint} keeps epoch {saved_epoch}"
+            if saved_epoch
+            else "no epoch finished, so no checkpoint was written"
+        )
+        self.args = (f"{self.args[0]}; {kept}",)
+
+
+@dataclass
+class Start:
+    """Where training begins, fresh or resumed: the record so far (its history holds the
+    finished epochs), the model and optimizer in their state, the data split and statistics."""
+
+    config: TrainConfig
+    record: RunRecord
+    dataset: Dataset
+    train_set: Dataset
+    val_set: Dataset
+    model: Any
+    optimizer: Any
+
+
+def train(
+    options: dict[str, Any],
+    out: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    log: Log = lambda line: None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train a run in folder `out` (default runs/<date-time>) and return its summary.
+
+    options: TrainConfig settings chosen by the caller; the rest come from the preset's recipe,
+        or with `resume` from the run's record (a chosen setting must then agree with it, except
+        `epochs`, which can extend a run, and `data`, which may point to a moved copy).
+    Raises ConfigError, RunFolderError, CheckpointError, DataError for bad input,
+    TrainingDiverged on a NaN/Inf loss and TrainingInterrupted on Ctrl-C; the last completed
+    epoch's checkpoint stays.
+    """
+    out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    with RunFolder.open(out, resume=resume, force=force) as folder:
+        start = prepare(options, folder.resumed, log)
+        log(f"run folder: {out}")
+        folder.start()
+        if not plots.available():
+            log(plots.MISSING)
+        history = _fit(start, folder, log, callbacks)
+        return _finish(start, history, folder, log)
+
+
+def prepare(
+    options: dict[str, Any], resumed: tuple[Checkpoint, RunRecord] | None, log: Log
+) -> Start:
+    """Resolve the settings, load and split the data, build or restore model and optimizer."""
+    if resumed is None:
+        config = TrainConfig.resolve(options)
+    else:
+        checkpoint, stored = resumed
+        config = stored.config.resumed(options, stored.epoch, checkpoint.path)
+    dataset = load_dataset(config.data, split="train", size=config.image_size)
+    for note in dataset.notes:
+        log(f"data: {note}")
+    size = _square_size(dataset)
+    if resumed is not None:
+        _check_same_data(config, dataset, size, resumed[1])
+    train_idx, val_idx = train_val_indices(dataset.labels, config.val_split, config.seed,
+                                           config.limit)  # fmt: skip
+    if len(train_idx) == 0:
+        raise ConfigError("data", config.data, "leaves no training images after the split")
+    train_set, val_set = dataset.subset(train_idx), dataset.subset(val_idx)
+    manual_seed(config.seed)
+    if resumed is None:
+        mean, std = channel_stats(train_set.images)
+        record = RunRecord(
+            config, config.model,
+            {"num_classes": len(dataset.classes), "in_channels": int(dataset.images.shape[1]),
+             "image_size": size},
+            tuple(dataset.classes), tuple(map(float, mean)), tuple(map(float, std)),
+            data_size=len(dataset), train_size=len(train_set), val_size=len(val_set),
+            backend=backend_name(),
+        )  # fmt: skip
+        model = build_model(record.model, **record.model_args)
+        optimizer = make_optimizer(config, model)
+    else:
+        checkpoint, stored = resumed
+        record = replace(stored, config=config)
+        model = restore_model(checkpoint, record)
+        optimizer = make_optimizer(config, model)
+        restore_optimizer(checkpoint, optimizer)
+    log(
+        f"data {config.data}: {len(dataset)} images {size}x{size}, {len(dataset.classes)} "
+        f"classes; train {len(train_set)}, validation {len(val_set)}"
+    )
+    log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
+        f"backend {backend_name()}")  # fmt: skip
+    if resumed is None:
+        if hasattr(model, "summary"):  # TEMP until the layer protocol lands
+            log(str(model.summary((record.model_args["in_channels"], size, size))))
+    else:
+        log(f"resuming from {resumed[0].path} after epoch {record.epoch}/{config.epochs}")
+    return Start(config, record, dataset, train_set, val_set, model, optimizer)
+
+
+def make_optimizer(config: TrainConfig, model: Any) -> Any:
+    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        kwargs |= {"momentum": config.momentum, "nesterov": config.nesterov}
+    return OPTIMIZERS[config.optimizer](model, **kwargs)
+
+
+def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback]) -> list:
+    config, record, model = start.config, start.record, start.model
+    mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)
+    augment = Augment() if config.augment else None
+    train_batches = Batches(
+        start.train_set.images, start.train_set.labels, config.batch_size, shuffle=True,
+        seed=config.seed, mean=mean, std=std, augment=augment,
+    )  # fmt: skip
+    val_batches = eval_batches(start.val_set, mean, std) if len(start.val_set) else None
+    steps = len(train_batches)
+    schedule = make_schedule(config.schedule, config.lr, config.epochs * steps, steps)
+    history = list(record.history)
+
+    def meta(done: list[dict[str, Any]]) -> dict[str, Any]:
+        return record.with_history(done).to_json()
+
+    samples = start.val_set.subset(_sample_picks(start.val_set.labels, SAMPLES))
+    last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history)
+    stopper = StopOnSignal()
+    all_callbacks = [
+        ReseedDropout(config.seed),
+        TerminateOnNaN(),
+        *callbacks,
+        last,
+        ModelCheckpoint(folder.best, model, start.optimizer, meta, history, monitor="val_acc"),
+        HistoryLogger(folder.path, history),
+        PlotWriter(folder.path, model, history, samples, eval_batches(samples, mean, std)),
+        EpochLog(log, config.epochs),
+        stopper,
+    ]
+    with np.errstate(over="ignore", invalid="ignore"), stopper.catching_sigint():
+        try:
+            history = fit(
+                model, train_batches, optimizer=start.optimizer, epochs=config.epochs,
+                schedule=schedule, val=val_batches, label_smoothing=config.label_smoothing,
+                start_epoch=record.epoch, history=history, callbacks=all_callbacks,
+            )  # fmt: skip
+        except StopRequested as stop:
+            raise TrainingInterrupted(folder.path, stop.epoch, last.saved_epoch, config) from None
+        except TrainingDiverged as err:
+            raise RunDiverged(err, folder.checkpoint, last.saved_epoch) from None
+    if record.epoch >= config.epochs:
+        log(f"{folder.checkpoint} already holds all {config.epochs} epochs")
+    return history
+
+
+def _finish(start: Start, history: list, folder: RunFolder, log: Log) -> dict[str, Any]:
+    """Report the best epoch, score the test split (else the validation split), draw its
+    confusion matrix."""
+    config, record = start.config, start.record.with_history(history)
+    summary: dict[str, Any] = {"out": folder.path, "history": history, "best": record.best}
+    if record.best is not None:
+        epoch, acc = record.best
+        log(f"best validation accuracy {acc:.4f} at epoch {epoch} ({folder.best})")
+    if start.dataset.has_test:
+        scored, name = load_dataset(config.data, split="test", size=config.image_size), "test"
+    elif len(start.val_set):
+        scored, name = start.val_set, "validation"
+    else:
+        return summary
+    final = score(start.model, scored, record.mean, record.std, tta=config.tta)
+    summary[name] = final
+    with_tta = " with TTA" if config.tta else ""
+    log(f"{name} accuracy{with_tta} {final['accuracy']:.4f} ({final['n']} images)")
+    if plots.available():
+        plots.plot_confusion(
+            final["confusion"], start.dataset.classes, folder.path / "confusion.png",
+            title=f"{name} split{with_tta}, accuracy {final['accuracy']:.3f}",
+        )  # fmt: skip
+    return summary
+
+
+def _square_size(dataset: Dataset) -> int:
+    h, w = dataset.images.shape[2:]
+    if h != w:
+        raise ConfigError(
+            "image_size", None, f"the images are {h}x{w} (height x width); the models take "
+            "square images, so an image size is needed to resize them",
+        )  # fmt: skip
+    return int(h)
+
+
+def _check_same_data(config: TrainConfig, dataset: Dataset, size: int, run: RunRecord) -> None:
+    """Resuming needs the run's own data: its classes, image size and number of images."""
+    if dataset.classes != list(run.classes):
+        found = f"has classes {dataset.classes}, the run {list(run.classes)}"
+    elif size != run.image_size or dataset.images.shape[1] != run.model_args["in_channels"]:
+        found = (f"has {dataset.images.shape[1]}x{size}x{size} images, the run "
+                 f"{run.model_args['in_channels']}x{run.image_size}x{run.image_size}")  # fmt: skip
+    elif len(dataset) != run.data_size:
+        found = f"has {len(dataset)} images, the run was trained on {run.data_size}"
+    else:
+        return
+    raise ConfigError("data", config.data, f"{found}; resume with the data the run was trained on")
+
+
+def _sample_picks(labels: np.ndarray, n: int) -> np.ndarray:
+    """Up to n indices taking classes in turn (the first of each class, then the second, ...)."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((labels, rank))
+    return order[:n]
