@@ -242,3 +242,75 @@ def test_relu_before_max_pool_runs_after_it_with_identical_results():
     assert np.array_equal(
         to_numpy(reordered.grads()["0.weight"]), to_numpy(plain[0].grads()["weight"])
     )
+
+
+def _param_grads_after_backward(layer, x, dy, input_grad):
+    layer(asarray(x))
+    layer.zero_grad()
+    dx = layer.backward(asarray(dy), input_grad=input_grad)
+    return dx, {name: to_numpy(g) for name, g in layer.grads().items()}
+
+
+@pytest.mark.parametrize(
+    ("layer", "input_shape"),
+    [
+        (Conv2D(3, 4, 3, stride=2, dtype="float64"), (2, 7, 6, 3)),
+        (Dense(5, 4, dtype="float64"), (3, 5)),
+        (
+            Sequential(
+                Conv2D(2, 3, 3, dtype="float64"),
+                BatchNorm2D(3, dtype="float64"),
+                ReLU(),
+                MaxPool2D(2),
+                Flatten(),
+                Dense(12, 4, dtype="float64"),
+            ),
+            (2, 2, 4, 4),
+        ),
+    ],
+    ids=["Conv2D", "Dense", "Sequential"],
+)
+def test_backward_without_input_grad_returns_none_and_the_same_parameter_gradients(
+    layer, input_shape
+):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(input_shape)
+    dy = rng.standard_normal(to_numpy(layer(asarray(x))).shape)
+    dx, with_input = _param_grads_after_backward(layer, x, dy, input_grad=True)
+    none, without_input = _param_grads_after_backward(layer, x, dy, input_grad=False)
+    assert dx is not None and none is None
+    assert with_input.keys() == without_input.keys()
+    for name in with_input:
+        assert np.array_equal(with_input[name], without_input[name]), name
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: Conv2D(3, 4, 3), lambda: BatchNorm2D(4)], ids=["Conv2D", "BatchNorm2D"]
+)
+def test_single_layer_state_dict_round_trips_keeping_its_dtypes(make):
+    layer, other = make(), make()
+    rng = np.random.default_rng(0)
+    state = {k: np.round(rng.standard_normal(v.shape) * 10) for k, v in layer.state_dict().items()}
+    dtypes = {k: str(v.dtype) for k, v in layer.state_dict().items()}
+    layer.load_state_dict(state)  # float64 values into float32 and int64 entries
+    assert {k: str(v.dtype) for k, v in layer.state_dict().items()} == dtypes
+    other.load_state_dict(layer.state_dict())
+    for key, value in other.state_dict().items():
+        assert np.array_equal(to_numpy(value), state[key]), key
+
+
+def test_batchnorm2d_state_dict_holds_running_statistics_with_their_dtypes():
+    state = BatchNorm2D(4).state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert str(state["num_batches_tracked"].dtype).endswith("int64")
+    assert str(state["running_var"].dtype).endswith("float32")
+
+
+def test_single_layer_load_state_dict_rejects_a_wrong_shape():
+    layer = Conv2D(3, 4, 3)
+    state = {k: to_numpy(v) for k, v in layer.state_dict().items()}
+    state["weight"] = np.zeros((4, 3, 5, 5), dtype=np.float32)
+    with pytest.raises(
+        ValueError, match=r"'weight' has shape \(4, 3, 5, 5\), expected \(4, 3, 3, 3\)"
+    ):
+        layer.load_state_dict(state)

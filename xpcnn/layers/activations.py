@@ -18,7 +18,9 @@ class ReLU(Layer):
         self.mask = x > 0  # kept for backward
         return namespace(x).maximum(x, 0.0)
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         # a multiply by the 0/1 mask: NumPy's `where` is ~10x slower on large arrays
         return dy * namespace(dy).astype(self.mask, dy.dtype)
 
@@ -46,7 +48,9 @@ class GELU(Layer):
         self.h += 0.5
         return x * self.h
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         x, h = self.x, self.h
         slope = x * x
         slope *= 6.0 * self.A * self.C
@@ -78,7 +82,9 @@ class Dropout(Layer):
         self.scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))  # kept for backward
         return x * self.scale
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         return dy if self.scale is None else dy * self.scale
 
     def extra_repr(self) -> str:

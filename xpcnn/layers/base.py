@@ -1,4 +1,4 @@
-"""Layer: parameters, gradients and buffers by name; Sequential: layers in order.
+"""The layer protocol (`Layer`) and `Sequential`, the layers in order.
 
 Spatial layers work channels-last, x: (N, H, W, C), so that a convolution is one GEMM whose rows
 are output pixels. `Sequential` is the boundary the user sees: it takes and returns (N, C, H, W)
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from math import prod
 from typing import Any
 
 from xpcnn.backend import active_namespace, default_generator, dtype_of, namespace, to_numpy
@@ -30,7 +31,16 @@ def ones(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
 
 
 class Layer:
-    """Base class. `params` are trained, `buffers` are state that is saved but not trained."""
+    """A layer: `forward(x)` keeps what `backward` needs; `backward(dy)` accumulates the
+    parameter gradients and returns dL/dx. `params` are trained, `buffers` are state that is
+    saved but not trained; both are saved by `state_dict` under their names.
+    """
+
+    # Capabilities, read by Sequential.execution_order.
+    # The layer commutes with max pooling, gradients included (ReLU: max(relu(a)) = relu(max(a))).
+    commutes_with_max_pool = False
+    # The layer is a max pooling: a layer before it that commutes with it may run after it.
+    is_max_pool = False
 
     def __init__(self) -> None:
         self.params: OrderedDict[str, Any] = OrderedDict()
@@ -44,8 +54,18 @@ class Layer:
     def forward(self, x: Any) -> Any:
         raise NotImplementedError
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Accumulate parameter gradients; return dL/dx, or None when `input_grad` is False
+        (the first layer of a network: nobody needs its input gradient)."""
         raise NotImplementedError
+
+    def forward_channels_last(self, x: Any) -> Any:
+        """forward on a channels-last batch (a Sequential inside a Sequential skips its
+        boundary's transposes)."""
+        return self.forward(x)
+
+    def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
+        return self.backward(dy, input_grad)
 
     def train(self, mode: bool = True) -> Layer:
         self.training = mode
@@ -72,10 +92,6 @@ class Layer:
             grad = self.gradients.get(name)
             yield name, grad if grad is not None else namespace(value).zeros_like(value)
 
-    def grads(self) -> OrderedDict[str, Any]:
-        """Gradients under the same keys as `state_dict`'s parameters (zeros before backward)."""
-        return OrderedDict(self.named_gradients())
-
     def named_state(self) -> Iterator[tuple[str, Any]]:
         """Parameters then buffers, in PyTorch's state-dict order."""
         yield from self.params.items()
@@ -84,6 +100,40 @@ class Layer:
     def set_state(self, name: str, value: Any) -> None:
         target = self.params if name in self.params else self.buffers
         target[name] = value
+
+    def parameters(self) -> list[Any]:
+        return [value for _, value in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(prod(value.shape) for _, value in self.named_parameters())
+
+    def grads(self) -> OrderedDict[str, Any]:
+        """Gradients under the same keys as `state_dict`'s parameters (zeros before backward)."""
+        return OrderedDict(self.named_gradients())
+
+    def state_dict(self) -> OrderedDict[str, Any]:
+        """Name -> array, with the keys and layouts of the equivalent PyTorch module."""
+        return OrderedDict(self.named_state())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy in arrays of any backend (NumPy, CuPy, torch tensors via NumPy) with each
+        entry's dtype; keys and shapes must match exactly."""
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [key for key in state if key not in own]
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not fit this model: missing {missing}, unexpected {unexpected}"
+            )
+        for key, current in own.items():
+            value = to_numpy(state[key])
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(current.shape)}"
+                )
+            xp = namespace(current)
+            self.set_state(key, xp.asarray(value, dtype=current.dtype, copy=True))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
@@ -124,22 +174,19 @@ class Sequential(Layer):
         order = list(range(len(self.layers)))
         for i in range(len(order) - 1):
             layer, following = self.layers[order[i]], self.layers[order[i + 1]]
-            if getattr(layer, "commutes_with_max_pool", False) and getattr(
-                following, "is_max_pool", False
-            ):
+            if layer.commutes_with_max_pool and following.is_max_pool:
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
     def forward_channels_last(self, x: Any) -> Any:
         self.order = self.execution_order()  # kept for backward
         for position in self.order:
-            layer = self.layers[position]
-            x = layer.forward_channels_last(x) if isinstance(layer, Sequential) else layer(x)
+            x = self.layers[position].forward_channels_last(x)
         return x
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """Accumulate parameter gradients; return dL/dx, or None when `input_grad` is False
-        (saves the first layer's input-gradient work in training)."""
+        (then the first layer skips its input-gradient work)."""
         if dy.ndim == 4:
             dy = namespace(dy).permute_dims(dy, (0, 2, 3, 1))
         dx = self.backward_channels_last(dy, input_grad)
@@ -149,15 +196,7 @@ class Sequential(Layer):
 
     def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
         for step in range(len(self.order) - 1, -1, -1):
-            layer = self.layers[self.order[step]]
-            first = step == 0
-            if isinstance(layer, Sequential):
-                dy = layer.backward_channels_last(dy, input_grad or not first)
-            elif first and not input_grad and hasattr(layer, "backward_params"):
-                layer.backward_params(dy)
-                return None
-            else:
-                dy = layer.backward(dy)
+            dy = self.layers[self.order[step]].backward_channels_last(dy, input_grad or step > 0)
         return dy
 
     def train(self, mode: bool = True) -> Sequential:
@@ -187,42 +226,6 @@ class Sequential(Layer):
     def set_state(self, name: str, value: Any) -> None:
         index, _, rest = name.partition(".")
         self.layers[int(index)].set_state(rest, value)
-
-    def parameters(self) -> list[Any]:
-        return [value for _, value in self.named_parameters()]
-
-    def state_dict(self) -> OrderedDict[str, Any]:
-        """Name -> array, with the keys and layouts of the equivalent `torch.nn.Sequential`."""
-        return OrderedDict(self.named_state())
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy in arrays of any backend (NumPy, CuPy, torch tensors via NumPy); keys and shapes
-        must match exactly."""
-        own = self.state_dict()
-        missing = [key for key in own if key not in state]
-        unexpected = [key for key in state if key not in own]
-        if missing or unexpected:
-            raise ValueError(
-                f"state dict does not fit this model: missing {missing}, unexpected {unexpected}"
-            )
-        for key, current in own.items():
-            value = to_numpy(state[key])
-            if tuple(value.shape) != tuple(current.shape):
-                raise ValueError(
-                    f"state dict entry {key!r} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(current.shape)}"
-                )
-            xp = namespace(current)
-            self.set_state(key, xp.asarray(value, dtype=current.dtype, copy=True))
-
-    def num_parameters(self) -> int:
-        total = 0
-        for _, value in self.named_parameters():
-            count = 1
-            for size in value.shape:
-                count *= size
-            total += count
-        return total
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

@@ -141,8 +141,7 @@ class Conv2D(Layer):
             y += self.params["bias"]
         return xp.reshape(y, self.output_shape)
 
-    def backward_params(self, dy: Any) -> Any:
-        """Accumulate dW and db; return dy as the (N·OH·OW, C_out) matrix."""
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_channels))
         (kh, kw), c = self.kernel, self.in_channels
@@ -152,12 +151,8 @@ class Conv2D(Layer):
             # Σ over rows as a GEMV: NumPy's axis-0 reduction is ~4x slower
             ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype)
             self.accumulate("bias", ones @ dy2)
-        return dy2
-
-    def backward(self, dy: Any) -> Any:
-        xp = namespace(dy)
-        dy2 = self.backward_params(dy)
-        (kh, kw), c = self.kernel, self.in_channels
+        if not input_grad:
+            return None
         # per offset (i, j): dcols[i, j] = dy @ W[:, :, i, j], a batch of kh·kw GEMMs
         w = xp.permute_dims(self.params["weight"], (2, 3, 0, 1))
         w = xp.reshape(w, (kh * kw, self.out_channels, c))

@@ -26,14 +26,11 @@ class Dense(Layer):
         y = x @ self.params["weight"].T
         return y + self.params["bias"] if "bias" in self.params else y
 
-    def backward_params(self, dy: Any) -> None:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
         self.accumulate("weight", dy.T @ self.x)
         if "bias" in self.params:
             self.accumulate("bias", namespace(dy).sum(dy, axis=0))
-
-    def backward(self, dy: Any) -> Any:
-        self.backward_params(dy)
-        return dy @ self.params["weight"]
+        return dy @ self.params["weight"] if input_grad else None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"

@@ -61,7 +61,7 @@ class _BatchNorm(Layer):
         y = self.centered * (self.inv_std * self.params["weight"]) + self.params["bias"]
         return xp.reshape(y, x.shape)
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """With x̂ = (x − μ)·s, s = 1/√(σ² + ε), M rows, in training:
         dγ = Σ dy·x̂,  dβ = Σ dy,  dx = γs·(dy − dβ/M − x̂·dγ/M);  in evaluation dx = γs·dy."""
         xp = namespace(dy)
@@ -70,6 +70,8 @@ class _BatchNorm(Layer):
         d_weight = channel_sum(dy2 * self.centered) * self.inv_std
         self.accumulate("weight", d_weight)
         self.accumulate("bias", d_bias)
+        if not input_grad:
+            return None
         gain = self.params["weight"] * self.inv_std
         if not self.training:
             return xp.reshape(dy2 * gain, dy.shape)

@@ -57,7 +57,9 @@ class MaxPool2D(_Pool2D):
         self.y = y
         return y
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         n, h, w, c = self.x.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
         if (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0:
@@ -103,7 +105,9 @@ class AvgPool2D(_Pool2D):
             y = x[:, rows, cols, :] if y is None else y + x[:, rows, cols, :]
         return y / (self.kernel[0] * self.kernel[1])
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         xp = namespace(dy)
         dx = xp.zeros(self.input_shape, dtype=dy.dtype)
         share = dy / (self.kernel[0] * self.kernel[1])
@@ -119,7 +123,9 @@ class GlobalAvgPool2D(Layer):
         self.input_shape = x.shape
         return namespace(x).mean(x, axis=(1, 2))
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         xp = namespace(dy)
         n, h, w, c = self.input_shape
         return xp.broadcast_to(xp.reshape(dy / (h * w), (n, 1, 1, c)), self.input_shape)
@@ -136,7 +142,9 @@ class GlobalMaxPool2D(Layer):
         self.argmax = xp.argmax(flat, axis=1)  # first maximum, as in PyTorch
         return xp.max(flat, axis=1)
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         xp = namespace(dy)
         n, h, w, c = self.input_shape
         positions = xp.arange(h * w, dtype=self.argmax.dtype)

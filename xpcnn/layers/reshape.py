@@ -19,7 +19,9 @@ class Flatten(Layer):
             x = xp.permute_dims(x, (0, 3, 1, 2))
         return xp.reshape(x, (x.shape[0], -1))
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        if not input_grad:
+            return None
         xp = namespace(dy)
         if len(self.input_shape) != 4:
             return xp.reshape(dy, self.input_shape)
