@@ -36,7 +36,6 @@ from xpcnn.layers import (
     ReLU,
     Sequential,
 )
-from xpcnn.layers.conv import output_size, resolve_padding
 from xpcnn.info import system_info
 from xpcnn.models import build_model
 from xpcnn.optim import SGD
@@ -62,32 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- the network as arithmetic -------------------------------------------------------------
 
 
-def flops_per_image(model: Sequential, image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    """(forward, training) multiply-add FLOPs per image of conv and dense layers.
+def flops_per_image(model: Sequential, image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(forward, training) FLOPs per image of `image_shape`, (C, H, W), as the layers count them
+    (`Layer.flops`: the conv and dense GEMMs, a multiply-add counted as 2).
 
-    Training = forward + weight gradient + input gradient, the first layer's input gradient
-    excluded (nobody computes it).
+    Training = forward + weight gradient + input gradient, each a GEMM the size of the forward
+    one, less the first layer's input gradient (Sequential.backward skips it in training).
     """
-    _, h, w = image_shape
-    forward = training = 0
-    first = True
-    for layer in model.layers:
-        if isinstance(layer, Conv2D):
-            (kh, kw), s = layer.kernel, layer.stride
-            h = output_size(h, kh, s, resolve_padding(layer.padding, h, kh, s))
-            w = output_size(w, kw, s, resolve_padding(layer.padding, w, kw, s))
-            f = 2 * kh * kw * layer.in_channels * layer.out_channels * h * w
-        elif isinstance(layer, Dense):
-            f = 2 * layer.in_features * layer.out_features
-        else:
-            if isinstance(layer, (MaxPool2D, AvgPool2D)):
-                h = (h - layer.kernel[0]) // layer.stride[0] + 1
-                w = (w - layer.kernel[1]) // layer.stride[1] + 1
-            continue
-        forward += f
-        training += f * (2 if first else 3)
-        first = False
-    return forward, training
+    rows = model.summary(image_shape).rows
+    forward = sum(row.flops for row in rows)
+    return forward, 3 * forward - rows[0].flops
 
 
 def gemm_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:

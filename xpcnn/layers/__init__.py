@@ -11,6 +11,7 @@ from xpcnn.layers.dense import Dense
 from xpcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from xpcnn.layers.pooling import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 from xpcnn.layers.reshape import Flatten
+from xpcnn.layers.summary import Summary, SummaryRow
 
 __all__ = [
     "AvgPool2D",
@@ -27,4 +28,6 @@ __all__ = [
     "MaxPool2D",
     "ReLU",
     "Sequential",
+    "Summary",
+    "SummaryRow",
 ]

@@ -13,6 +13,7 @@ from math import prod
 from typing import Any
 
 from xpcnn.backend import active_namespace, default_generator, dtype_of, namespace, to_numpy
+from xpcnn.layers.summary import Summary, SummaryRow, channels_first, channels_last
 
 
 def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> Any:
@@ -34,6 +35,9 @@ class Layer:
     """A layer: `forward(x)` keeps what `backward` needs; `backward(dy)` accumulates the
     parameter gradients and returns dL/dx. `params` are trained, `buffers` are state that is
     saved but not trained; both are saved by `state_dict` under their names.
+
+    Shapes given to `output_shape` and `flops` are one image's, channels-last: (H, W, C) for
+    feature maps, (F,) for features.
     """
 
     # Capabilities, read by Sequential.execution_order.
@@ -66,6 +70,15 @@ class Layer:
 
     def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
         return self.backward(dy, input_grad)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """One image's output shape for one image's input shape, channels-last."""
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """Forward FLOPs per image, a multiply-add counted as 2. Only the GEMMs count (Conv2D,
+        Dense): element-wise layers, normalisation and pooling are 0."""
+        return 0
 
     def train(self, mode: bool = True) -> Layer:
         self.training = mode
@@ -198,6 +211,34 @@ class Sequential(Layer):
         for step in range(len(self.order) - 1, -1, -1):
             dy = self.layers[self.order[step]].backward_channels_last(dy, input_grad or step > 0)
         return dy
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        return sum(layer.flops(shape) for layer, shape, _ in self._shapes(input_shape))
+
+    def _shapes(self, input_shape: tuple[int, ...]) -> Iterator[tuple[Layer, tuple, tuple]]:
+        """(layer, its input shape, its output shape) for one image, channels-last, in the
+        declared order."""
+        for layer in self.layers:
+            output = layer.output_shape(input_shape)
+            yield layer, tuple(input_shape), output
+            input_shape = output
+
+    def summary(self, input_shape: tuple[int, ...]) -> Summary:
+        """Output shape, parameters and forward FLOPs of each layer for one image of
+        `input_shape` as the user sees it: (C, H, W), or (F,) for features (Keras' summary)."""
+        rows = []
+        for index, (layer, shape, output) in enumerate(self._shapes(channels_last(input_shape))):
+            name = " ".join(repr(layer).split())  # a nested Sequential on one line
+            flops = layer.flops(shape)
+            rows.append(
+                SummaryRow(index, name, channels_first(output), layer.num_parameters(), flops)
+            )
+        return Summary(tuple(input_shape), tuple(rows))
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode

@@ -120,26 +120,37 @@ class Conv2D(Layer):
         xp = namespace(w)
         return xp.reshape(xp.permute_dims(w, (2, 3, 1, 0)), (-1, self.out_channels))
 
+    def _pads(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        (kh, kw), s = self.kernel, self.stride
+        return resolve_padding(self.padding, h, kh, s), resolve_padding(self.padding, w, kw, s)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(H, W, C_in) → (OH, OW, C_out)."""
+        h, w, c = input_shape
+        if c != self.in_channels:
+            raise ValueError(f"Conv2D: expected {self.in_channels} input channels, got {c}")
+        pads = self._pads(h, w)
+        oh = output_size(h, self.kernel[0], self.stride, pads[0])
+        ow = output_size(w, self.kernel[1], self.stride, pads[1])
+        return oh, ow, self.out_channels
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """2·kh·kw·C_in·C_out·OH·OW: one multiply-add per weight and output pixel."""
+        oh, ow, _ = self.output_shape(input_shape)
+        kh, kw = self.kernel
+        return 2 * kh * kw * self.in_channels * self.out_channels * oh * ow
+
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
         n, h, w, _ = x.shape
-        (kh, kw), s = self.kernel, self.stride
-        self.pads = (
-            resolve_padding(self.padding, h, kh, s),
-            resolve_padding(self.padding, w, kw, s),
-        )
+        self.pads = self._pads(h, w)
         self.input_shape = x.shape
-        self.output_shape = (
-            n,
-            output_size(h, kh, s, self.pads[0]),
-            output_size(w, kw, s, self.pads[1]),
-            self.out_channels,
-        )
-        self.cols = im2col(x, self.kernel, s, self.pads)  # kept for backward
+        self.y_shape = (n, *self.output_shape(x.shape[1:]))
+        self.cols = im2col(x, self.kernel, self.stride, self.pads)  # kept for backward
         y = self.cols @ self._weight_matrix()
         if "bias" in self.params:
             y += self.params["bias"]
-        return xp.reshape(y, self.output_shape)
+        return xp.reshape(y, self.y_shape)
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         xp = namespace(dy)
@@ -157,7 +168,7 @@ class Conv2D(Layer):
         w = xp.permute_dims(self.params["weight"], (2, 3, 0, 1))
         w = xp.reshape(w, (kh * kw, self.out_channels, c))
         dcols = xp.matmul(dy2[None, :, :], w)
-        n, oh, ow, _ = self.output_shape
+        n, oh, ow, _ = self.y_shape
         dcols = xp.reshape(dcols, (kh, kw, n, oh, ow, c))
         return col2im(dcols, self.input_shape, self.stride, self.pads)
 

@@ -21,6 +21,15 @@ class Dense(Layer):
         if bias:
             self.params["bias"] = zeros((out_features,), dtype)
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Dense: expected ({self.in_features},) inputs, got {input_shape}")
+        return (self.out_features,)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """2·in·out: one multiply-add per weight."""
+        return 2 * self.in_features * self.out_features
+
     def forward(self, x: Any) -> Any:
         self.x = x  # kept for backward
         y = x @ self.params["weight"].T

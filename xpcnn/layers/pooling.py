@@ -22,14 +22,21 @@ class _Pool2D(Layer):
         if min(self.kernel) < 1 or min(self.stride) < 1:
             raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
 
-    def windows(self, shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
-        """For each kernel offset, the strided input slice that holds that offset of every
-        window (floor mode: windows that do not fit are dropped, as in PyTorch)."""
-        _, h, w, _ = shape
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(H, W, C) → (OH, OW, C), floor mode: windows that do not fit are dropped, as in
+        PyTorch."""
+        h, w, c = input_shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
         oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
         if oh < 1 or ow < 1:
             raise ValueError(f"{type(self).__name__}: input {h}x{w} is smaller than the window")
+        return oh, ow, c
+
+    def windows(self, shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
+        """For each kernel offset, the strided input slice of a batch of `shape` that holds
+        that offset of every window."""
+        oh, ow, _ = self.output_shape(shape[1:])
+        (kh, kw), (sh, sw) = self.kernel, self.stride
         return [
             (slice(i, i + (oh - 1) * sh + 1, sh), slice(j, j + (ow - 1) * sw + 1, sw))
             for i in range(kh)
@@ -116,7 +123,13 @@ class AvgPool2D(_Pool2D):
         return dx
 
 
-class GlobalAvgPool2D(Layer):
+class _GlobalPool2D(Layer):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(H, W, C) → (C,)."""
+        return (input_shape[-1],)
+
+
+class GlobalAvgPool2D(_GlobalPool2D):
     """y = mean over H and W.   x: (N, H, W, C) → y: (N, C)."""
 
     def forward(self, x: Any) -> Any:
@@ -131,7 +144,7 @@ class GlobalAvgPool2D(Layer):
         return xp.broadcast_to(xp.reshape(dy / (h * w), (n, 1, 1, c)), self.input_shape)
 
 
-class GlobalMaxPool2D(Layer):
+class GlobalMaxPool2D(_GlobalPool2D):
     """y = max over H and W.   x: (N, H, W, C) → y: (N, C); the gradient goes to the first max."""
 
     def forward(self, x: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 from xpcnn.backend import namespace
@@ -11,6 +12,9 @@ from xpcnn.layers.base import Layer
 class Flatten(Layer):
     """(N, H, W, C) → (N, C·H·W) in PyTorch's (C, H, W) order, so Dense weights are
     interchangeable with `torch.nn.Flatten` + `Linear`; other shapes flatten as they are."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (prod(input_shape),)
 
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
