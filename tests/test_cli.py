@@ -345,3 +345,36 @@ def test_training_without_matplotlib_skips_plots_once(workdir, env, folder):
     assert result.stdout.count("plots are skipped") == 1
     assert not list(out.glob("*.png"))
     assert (out / "checkpoint.npz").is_file()
+
+
+def test_fast_preset_trains_with_its_own_recipe(workdir, env, folder):
+    out = workdir / "fast"
+    result = xpcnn("train", "--model", "fast", "--data", folder, "--epochs", 1, "--out", out,
+                   env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = meta(out / "checkpoint.npz")["config"]
+    recipe = {k: config[k] for k in ("batch_size", "lr", "label_smoothing", "tta", "epochs")}
+    assert recipe == {"batch_size": 64, "lr": 0.1, "label_smoothing": 0.2, "tta": True,
+                      "epochs": 1}  # fmt: skip
+    assert "label smoothing 0.2, flip TTA at evaluation" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("validation accuracy with TTA")
+
+
+def test_resume_with_images_of_another_size_is_refused_before_training(run, workdir, env):
+    out, _ = run
+    other = write_folder(workdir / "bigger", per_class=20)
+    for image in other.glob("*/*.png"):
+        Image.open(image).resize((20, 20)).save(image)
+    before = (out / "checkpoint.npz").read_bytes()
+    result = xpcnn("train", "--out", out, "--resume", "--data", other, "--epochs", 3, env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "3x20x20 images, the run 3x16x16" in result.stderr and "--data" in result.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_models_lists_each_preset_with_its_size_and_recipe(env):
+    result = xpcnn("models", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "seed: " in result.stdout and "545,098 parameters" in result.stdout
+    assert "recipe: sgd lr 0.1 (onecycle)" in result.stdout  # fast's own recipe

@@ -256,3 +256,27 @@ def test_resume_without_a_checkpoint_names_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="checkpoint.npz'?: does not exist"):
         RunFolder.open(tmp_path / "empty", resume=True)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda s: s.pop("steps"), "'steps': expected a non-negative integer"),
+        (lambda s: s.update(steps=np.array(-1)), "'steps': expected a non-negative integer"),
+        (lambda s: s.update({"momentum.0.weight": np.zeros((2, 2), np.float32)}),
+         "expected float (32, 3, 3, 3), got float32 (2, 2)"),
+        (lambda s: s.update({"exp_avg.0.weight": np.zeros((32, 3, 3, 3), np.float32)}),
+         "SGD keeps momentum"),
+        (lambda s: s.update({"momentum.99.weight": np.zeros(3, np.float32)}),
+         "no parameter '99.weight'"),
+    ],
+)  # fmt: skip
+def test_optimizer_state_that_does_not_fit_is_a_record_error(tmp_path, change, expected):
+    from xpcnn.runs.record import restore_optimizer
+
+    checkpoint, rec = load_run(write_run(tmp_path, record()))
+    change(checkpoint.optim)
+    optimizer = SGD(restore_model(checkpoint, rec), lr=0.1, momentum=0.9)
+    with pytest.raises(RecordError, match="optim: does not fit the model") as caught:
+        restore_optimizer(checkpoint, optimizer)
+    assert expected in str(caught.value) and optimizer.steps == 0

@@ -242,6 +242,3 @@ def default_generator() -> Generator:
     if gen is None or gen.xp is not active_namespace():
         gen = manual_seed(*(gen.seed if gen is not None else (0,)))
     return gen
-
-
-xp = active_namespace  # old name, removed once the run layer is moved

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from xpcnn.backend import asarray, manual_seed, synchronize, to_numpy
+from xpcnn.info import system_info
 from xpcnn.layers import (
     GELU,
     AvgPool2D,
@@ -36,7 +37,6 @@ from xpcnn.layers import (
     ReLU,
     Sequential,
 )
-from xpcnn.info import system_info
 from xpcnn.models import build_model
 from xpcnn.optim import SGD
 from xpcnn.train import train_step

@@ -79,7 +79,7 @@ def fast(
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a preset is trained: what `xpcnn train --model NAME` does when no flag says otherwise.
+    """How a preset is trained: the settings a run of it takes unless the caller chooses others.
 
     `lr` is the peak learning rate of `optimizer`; `tta`: the final evaluation (and `xpcnn eval`
     by default) averages each image with its mirror image.

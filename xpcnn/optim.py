@@ -14,6 +14,10 @@ from xpcnn.backend import namespace, to_numpy
 
 
 class Optimizer:
+    """Base: `slot_kinds` names the per-parameter state an optimizer keeps ("momentum.0.weight")."""
+
+    slot_kinds: tuple[str, ...] = ()
+
     def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
@@ -45,21 +49,39 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take `state` (arrays of any backend) after checking every entry: "steps" a
+        non-negative integer, each slot of a kind this optimizer keeps, for a parameter of the
+        model, of that parameter's shape. Nothing changes when a check fails (ValueError)."""
         params = dict(self.model.named_parameters())
-        self.steps = int(state["steps"])
-        self.slots = OrderedDict()
+        steps = to_numpy(state["steps"]) if "steps" in state else None
+        if steps is None or steps.shape != () or steps.dtype.kind not in "iu" or steps < 0:
+            raise ValueError("optimizer state 'steps': expected a non-negative integer")
+        slots = OrderedDict()
         for key, value in state.items():
             if key == "steps":
                 continue
-            name = key.partition(".")[2]
+            kind, _, name = key.partition(".")
+            if kind not in self.slot_kinds:
+                raise ValueError(
+                    f"optimizer state {key!r}: {type(self).__name__} keeps "
+                    f"{', '.join(self.slot_kinds) or 'no per-parameter state'}"
+                )
             if name not in params:
                 raise ValueError(f"optimizer state {key!r} has no parameter {name!r} in the model")
-            like = params[name]
-            self.slots[key] = namespace(like).asarray(to_numpy(value), dtype=like.dtype, copy=True)
+            like, value = params[name], to_numpy(value)
+            if tuple(value.shape) != tuple(like.shape) or value.dtype.kind != "f":
+                raise ValueError(
+                    f"optimizer state {key!r}: expected float {tuple(like.shape)}, got "
+                    f"{value.dtype} {tuple(value.shape)}"
+                )
+            slots[key] = namespace(like).asarray(value, dtype=like.dtype, copy=True)
+        self.steps, self.slots = int(steps), slots
 
 
 class SGD(Optimizer):
     """g ← ∇ + λθ;  v ← μv + g;  θ ← θ − η·(g + μv if Nesterov else v)."""
+
+    slot_kinds = ("momentum",)
 
     def __init__(
         self,
@@ -92,6 +114,7 @@ class Adam(Optimizer):
     """
 
     decoupled = False
+    slot_kinds = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from xpcnn.optim import OPTIMIZERS, SCHEDULES
 
 # the peak learning rate when the optimizer is not the recipe's own
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-RESUMABLE = ("epochs", "data")  # what --resume may change: extend a run, find moved data
+RESUMABLE = ("epochs", "data")  # what a resumed run may change: extend it, find moved data
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,7 @@ class TrainConfig:
             settings["nesterov"] = bool(settings["nesterov"]) and settings["momentum"] > 0
         config = cls(**{k: v for k, v in settings.items() if k in cls.names()})
         if not is_cifar10_name(config.data) and Path(config.data).exists():
-            # absolute, so that eval and --resume find it from any folder
+            # absolute, so that evaluating and resuming find it from any folder
             config = replace(config, data=str(Path(config.data).resolve()))
         config.validate()
         return config

@@ -150,8 +150,7 @@ def prepare(
     log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
         f"backend {backend_name()}")  # fmt: skip
     if resumed is None:
-        if hasattr(model, "summary"):  # TEMP until the layer protocol lands
-            log(str(model.summary((record.model_args["in_channels"], size, size))))
+        log(str(model.summary((record.model_args["in_channels"], size, size))))
     else:
         log(f"resuming from {resumed[0].path} after epoch {record.epoch}/{config.epochs}")
     return Start(config, record, dataset, train_set, val_set, model, optimizer)
