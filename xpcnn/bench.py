@@ -41,23 +41,6 @@ from xpcnn.models import build_model
 from xpcnn.optim import SGD
 from xpcnn.train import train_step
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default="seed,fast", help="presets, comma-separated")
-    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--no-peer", action="store_true", help="skip PyTorch even if installed")
-    parser.add_argument(
-        "--memory-images",
-        type=int,
-        default=0,
-        help="also measure peak memory of a training epoch of this many images (0: skip)",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-
-
 # --- the network as arithmetic -------------------------------------------------------------
 
 
@@ -303,6 +286,7 @@ def _memory_child(framework: str, name: str, batch: str, images: str, threads: s
 
 
 def run(args: argparse.Namespace) -> int:
+    """`xpcnn bench` with its parsed arguments (see cli.py for their meaning)."""
     models = [m for m in args.models.split(",") if m]
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     peer = not args.no_peer
@@ -366,13 +350,3 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "results": results}, f, indent=2)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xpcnn bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ from xpcnn import __version__
 from xpcnn.backend import BackendError
 from xpcnn.checkpoint import CheckpointError
 from xpcnn.data import DataError
+from xpcnn.info import cpu_count
 from xpcnn.models import PRESETS
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
 from xpcnn.runs.config import ConfigError, ResumeMismatch, TrainConfig
@@ -110,8 +111,57 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                        help="overwrite the run files in an existing --out")  # fmt: skip
 
 
-def build_parser(command: str | None = None) -> Parser:
-    """The argument parser; `command` == "bench" loads the benchmark's own arguments."""
+def _presets(text: str) -> str:
+    unknown = [name for name in text.split(",") if name not in PRESETS]
+    if unknown or not text:
+        raise argparse.ArgumentTypeError(
+            f"expected presets among {', '.join(PRESETS)}, got {text!r}"
+        )
+    return text
+
+
+def _sizes(text: str) -> str:
+    for size in text.split(","):
+        _positive_int(size)
+    return text
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models",
+        type=_presets,
+        default="seed,fast",
+        metavar="NAMES",
+        help="presets, comma-separated (default: seed,fast)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_sizes,
+        default="64,256",
+        metavar="B,B",
+        help="comma-separated (default: 64,256)",
+    )
+    p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="alternating rounds")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=cpu_count(),
+        help="BLAS and PyTorch threads (default: the CPUs this process may use)",
+    )
+    p.add_argument("--no-peer", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument(
+        "--memory-images",
+        type=_number(int, 0, float("inf"), "an integer >= 0"),
+        default=0,
+        metavar="N",
+        help="also measure peak memory of a training epoch of N images (0: skip)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")  # fmt: skip
+
+
+def build_parser() -> Parser:
+    """The argument parser of every command."""
     parser = Parser(prog="xpcnn", description="Train and use CNNs written on the Python array API.")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
@@ -168,11 +218,7 @@ def build_parser(command: str | None = None) -> Parser:
         help="average with the flipped image (default: the run's recipe)",
     )
 
-    bench = add("bench", _bench, "time training steps")
-    if command == "bench":
-        import xpcnn.bench
-
-        xpcnn.bench.add_arguments(bench)
+    _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))
     return parser  # fmt: skip
 
 
@@ -304,14 +350,7 @@ def _message(err: BaseException, command: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else None
-    try:
-        parser = build_parser(command)
-    except ImportError as err:  # `xpcnn bench` without its module or its extra
-        if "--debug" in argv:
-            raise
-        print(f"xpcnn: error: bench: {err} (pip install 'xpcnn[bench]')", file=sys.stderr)
-        return 2
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, so the hint names its --help
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
