@@ -13,8 +13,15 @@ def test_unknown_backend_is_a_one_line_error(monkeypatch):
         backend.active_namespace()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_missing_cupy_error_names_the_pip_extra(monkeypatch):
+    real_import = backend.importlib.import_module
+
+    def without_cupy(name):
+        if name == "cupy":
+            raise ImportError("No module named 'cupy'")
+        return real_import(name)
+
+    monkeypatch.setattr(backend.importlib, "import_module", without_cupy)
     monkeypatch.setenv("XPCNN_BACKEND", "cupy")
     with pytest.raises(BackendError, match=r"pip install 'xpcnn\[cupy\]'") as caught:
         backend.active_namespace()
@@ -70,3 +77,55 @@ def test_device_info_without_a_usable_cuda_device_is_a_backend_error(monkeypatch
     with pytest.raises(BackendError, match="XPCNN_BACKEND=cupy"):
         backend.device_info()
     backend._load.cache_clear()
+
+
+def test_a_device_the_backend_lacks_is_one_line_listing_those_it_has(monkeypatch):
+    monkeypatch.setenv("XPCNN_BACKEND", "numpy")
+    monkeypatch.setenv("XPCNN_DEVICE", "cuda:3")
+    with pytest.raises(BackendError, match=r"XPCNN_DEVICE='cuda:3': .* \(it has: cpu\)"):
+        backend.active_device()
+
+
+def test_every_array_the_library_makes_lives_on_the_chosen_device(monkeypatch):
+    pytest.importorskip("array_api_strict")
+    monkeypatch.setenv("XPCNN_BACKEND", "array_api_strict")
+    monkeypatch.setenv("XPCNN_DEVICE", "device1")
+    from xpcnn.models import build_model
+
+    model = build_model("fast", num_classes=3, image_size=8)
+    arrays = [*model.state_dict().values(), Generator(1).normal((2,)), asarray([1, 2], "int64")]
+    assert {str(a.device) for a in arrays} == {"array_api_strict.Device('device1')"}
+    assert backend.device_info()["device"] == "device1"
+
+
+def _step_with_a_planted_host_conversion(monkeypatch):
+    """One training step whose loss first converts the logits with numpy.asarray — the bug a
+    GPU catches (CuPy raises TypeError) and a CPU does not."""
+    import xpcnn.train
+    from xpcnn.models import build_model
+    from xpcnn.optim import SGD
+
+    original = xpcnn.train.cross_entropy
+
+    def planted(logits, labels, label_smoothing=0.0):
+        np.asarray(logits)
+        return original(logits, labels, label_smoothing)
+
+    monkeypatch.setattr(xpcnn.train, "cross_entropy", planted)
+    model = build_model("seed", num_classes=3, image_size=8)
+    x = asarray(np.zeros((2, 3, 8, 8), dtype=np.float32))
+    xpcnn.train.train_step(model, SGD(model, lr=0.1), x, asarray([0, 2], "int64"))
+
+
+def test_a_planted_host_conversion_passes_on_numpy(monkeypatch):
+    monkeypatch.setenv("XPCNN_BACKEND", "numpy")
+    monkeypatch.delenv("XPCNN_DEVICE", raising=False)
+    _step_with_a_planted_host_conversion(monkeypatch)
+
+
+def test_a_planted_host_conversion_fails_on_the_emulated_device(monkeypatch):
+    pytest.importorskip("array_api_strict")
+    monkeypatch.setenv("XPCNN_BACKEND", "array_api_strict")
+    monkeypatch.setenv("XPCNN_DEVICE", "device1")
+    with pytest.raises(RuntimeError, match="Can't convert array on the .*device1"):
+        _step_with_a_planted_host_conversion(monkeypatch)

@@ -26,7 +26,7 @@ import numpy as np
 
 BACKENDS = ("numpy", "cupy", "auto", "array_api_strict", "torch")
 _PIP_EXTRA = {
-    "cupy": "pip install 'xpcnn[cupy]'  (CuPy for CUDA 12)",
+    "cupy": "pip install 'xpcnn[cupy]'  (CUDA 12 drivers; 'xpcnn[cupy-cuda13]' for CUDA 13)",
     "array_api_strict": "pip install 'xpcnn[strict]'",
     "torch": "pip install torch",
 }
@@ -80,6 +80,53 @@ def active_namespace() -> Any:
     return _load(backend_name())
 
 
+def active_device() -> Any:
+    """The device every array is created on: XPCNN_DEVICE resolved for the active backend
+    (`cpu`; `cuda:N` for CuPy and torch; array_api_strict's `CPU_DEVICE`, `device1`, ...),
+    else the backend's default. A device the backend does not have is a BackendError."""
+    return _device(backend_name(), os.environ.get("XPCNN_DEVICE", "").strip())
+
+
+@cache
+def _device(backend: str, name: str) -> Any:
+    xp = _load(backend)
+    if backend == "cupy":
+        cupy = importlib.import_module("cupy")
+        devices = {f"cuda:{i}": i for i in range(cupy.cuda.runtime.getDeviceCount())}
+        if name and name not in devices:
+            raise _no_device(backend, name, devices)
+        device = cupy.cuda.Device(devices[name]) if name else cupy.cuda.Device()
+        device.use()  # CuPy creates arrays on its current device
+        return device
+    if backend == "torch":
+        torch = importlib.import_module("torch")
+        cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if name and name not in ("cpu", *cuda):
+            raise _no_device(backend, name, ["cpu", *cuda])
+        return torch.device(name or "cpu")
+    if backend == "array_api_strict":
+        info = xp.__array_namespace_info__()
+        devices = {str(d).split("'")[1]: d for d in info.devices()}  # Device('device1')
+        if name and name not in devices:
+            raise _no_device(backend, name, devices)
+        return devices[name] if name else info.default_device()
+    if name and name != "cpu":
+        raise _no_device(backend, name, ["cpu"])
+    return "cpu"
+
+
+def _no_device(backend: str, name: str, devices: Any) -> BackendError:
+    return BackendError(
+        f"XPCNN_DEVICE={name!r}: the {backend} backend has no such device "
+        f"(it has: {', '.join(devices) or 'none'})"
+    )
+
+
+def device(x: Any) -> Any:
+    """The device an array lives on (create its companions there: `device=device(x)`)."""
+    return array_api_compat.device(x)
+
+
 def namespace(*arrays: Any) -> Any:
     """The array namespace the given arrays belong to (Chainer's `get_array_module`)."""
     return array_api_compat.array_namespace(*arrays)
@@ -93,12 +140,13 @@ def is_cupy(xp: Any) -> bool:
     return array_api_compat.is_cupy_namespace(xp)
 
 
-def asarray(data: Any, dtype: Any = None) -> Any:
-    """Host data (NumPy array, list, scalar) as an array of the active backend."""
-    xp = active_namespace()
-    if isinstance(dtype, str):
-        dtype = getattr(xp, dtype)
-    return xp.asarray(data, dtype=dtype)
+def asarray(data: Any, dtype: Any = None, device: Any = None, copy: bool | None = None) -> Any:
+    """Host data (NumPy array, list, scalar) as an array of the active backend on `device`
+    (default: the active device); a dtype (a name or a dtype of any namespace) is applied on
+    the host first. `copy=True` never shares memory with `data` (loading state)."""
+    if dtype is not None:
+        data = np.asarray(data, dtype=_host_dtype(dtype))
+    return active_namespace().asarray(data, device=device or active_device(), copy=copy)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -109,6 +157,8 @@ def to_numpy(x: Any) -> np.ndarray:
         return x.get()
     if array_api_compat.is_torch_array(x):
         return x.detach().cpu().numpy()
+    if hasattr(x, "to_device") and hasattr(x, "__array_namespace__"):  # array_api_strict
+        x = x.to_device(x.__array_namespace__().__array_namespace_info__().default_device())
     return np.asarray(x)
 
 
@@ -134,7 +184,7 @@ def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
         return lib.lib.stride_tricks.as_strided(
             x, (n, oh, ow, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc)
         )
-    windows = xp.zeros((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    windows = xp.zeros((n, oh, ow, kh, kw, c), dtype=x.dtype, device=device(x))
     for i in range(kh):
         for j in range(kw):
             rows = slice(i, i + (oh - 1) * stride + 1, stride)
@@ -151,10 +201,9 @@ def synchronize() -> None:
 
 def device_info() -> dict[str, Any]:
     """What the active backend computes on, for `xpcnn info`."""
-    name = backend_name()
-    if name != "cupy":
-        return {"device": "cpu"}
-    active_namespace()  # a BackendError (one line) where CuPy or a usable CUDA device is missing
+    device = active_device()  # a BackendError (one line) where the device is missing
+    if backend_name() != "cupy":
+        return {"device": str(device).split("'")[1] if "'" in str(device) else str(device)}
     cupy = importlib.import_module("cupy")
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
@@ -166,6 +215,24 @@ def device_info() -> dict[str, Any]:
         "memory_free_gib": round(free / 2**30, 1),
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
     }
+
+
+def check_kernels() -> str:
+    """Run an element-wise kernel, a reduction and a GEMM on the active device and compare them
+    with NumPy: "ok" or the one-line reason. CuPy compiles kernels at their first use, so a
+    missing CUDA header shows here, not at `import cupy`."""
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    expected = (np.exp(host * 0.1) + 1.0, host.sum(axis=0), host @ host.T)
+    try:
+        a = asarray(host)
+        xp = namespace(a)
+        found = [to_numpy(v) for v in (xp.exp(a * 0.1) + 1.0, xp.sum(a, axis=0), a @ a.T)]
+    except Exception as err:  # any backend's failure, reported in one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return f"failed: {type(err).__name__}: {reason}"
+    wrong = [n for n, f, e in zip(("element-wise", "reduction", "GEMM"), found, expected,
+                                  strict=True) if not np.allclose(f, e, rtol=1e-4)]  # fmt: skip
+    return f"wrong results: {', '.join(wrong)}" if wrong else "ok"
 
 
 def _host_dtype(dtype: Any) -> np.dtype:
@@ -186,21 +253,26 @@ class Generator:
 
     def __init__(self, *seed: int) -> None:
         self.seed = tuple(int(s) for s in seed)
-        self.xp = active_namespace()
-        entropy = np.random.SeedSequence(list(self.seed) or [0])
-        self._host_rng = np.random.default_rng(entropy.spawn(1)[0])
-        if is_cupy(self.xp):
-            cupy = importlib.import_module("cupy")
-            self._rng = cupy.random.Generator(
-                cupy.random.XORWOW(int(entropy.generate_state(1, np.uint64)[0]))
-            )
-        else:
-            self._rng = np.random.default_rng(entropy)
+        self.xp, self.device = active_namespace(), active_device()
+        self._entropy = np.random.SeedSequence(list(self.seed) or [0])
+        self._host_rng = np.random.default_rng(self._entropy.spawn(1)[0])
+        self._device_rng: Any = None  # made at the first draw: many generators never draw
+
+    @property
+    def _rng(self) -> Any:
+        if self._device_rng is None:
+            if is_cupy(self.xp):  # Philox: cheap to seed (XORWOW sets up ~270k states)
+                cupy = importlib.import_module("cupy")
+                key = int(self._entropy.generate_state(1, np.uint64)[0])
+                self._device_rng = cupy.random.Generator(cupy.random.Philox4x3210(key))
+            else:
+                self._device_rng = np.random.default_rng(self._entropy)
+        return self._device_rng
 
     def _out(self, values: Any, dtype: Any) -> Any:
         if is_numpy(self.xp) or is_cupy(self.xp):
             return values
-        return self.xp.asarray(np.asarray(values), dtype=dtype)
+        return self.xp.asarray(values, device=self.device)
 
     def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: Any = "float32") -> Any:
         dtype = dtype_of(dtype, self.xp)
@@ -239,6 +311,6 @@ def manual_seed(*seed: int) -> Generator:
 def default_generator() -> Generator:
     """The generator set by `manual_seed`; seeded with 0 if none was set on this backend."""
     gen = _default["generator"]
-    if gen is None or gen.xp is not active_namespace():
+    if gen is None or gen.xp is not active_namespace() or gen.device != active_device():
         gen = manual_seed(*(gen.seed if gen is not None else (0,)))
     return gen

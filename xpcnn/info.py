@@ -10,7 +10,7 @@ from importlib import metadata
 import numpy as np
 
 import xpcnn
-from xpcnn.backend import backend_name, device_info
+from xpcnn.backend import backend_name, check_kernels, device_info
 
 
 def version(package: str) -> str:
@@ -28,6 +28,7 @@ def system_info() -> dict[str, str]:
     }
     device = device_info()
     info["device"] = device["device"]
+    info["kernels"] = check_kernels()
     if "gpu" in device:
         info["gpu"] = (
             f"{device['gpu']}, {device['memory_total_gib']} GiB "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import namespace
+from xpcnn.backend import device, namespace
 
 
 def log_softmax(logits: Any) -> Any:
@@ -16,7 +16,7 @@ def log_softmax(logits: Any) -> Any:
 
 def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
     xp = namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
     return xp.astype(labels[:, None] == classes[None, :], dtype)
 
 

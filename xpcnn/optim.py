@@ -10,7 +10,7 @@ import math
 from collections import OrderedDict
 from typing import Any
 
-from xpcnn.backend import namespace, to_numpy
+from xpcnn.backend import asarray, device, namespace, to_numpy
 
 
 class Optimizer:
@@ -74,7 +74,7 @@ class Optimizer:
                     f"optimizer state {key!r}: expected float {tuple(like.shape)}, got "
                     f"{value.dtype} {tuple(value.shape)}"
                 )
-            slots[key] = namespace(like).asarray(value, dtype=like.dtype, copy=True)
+            slots[key] = asarray(value, dtype=like.dtype, device=device(like), copy=True)
         self.steps, self.slots = int(steps), slots
 
 

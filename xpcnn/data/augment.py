@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xpcnn.backend import Generator, namespace
+from xpcnn.backend import Generator, device, namespace
 
 CROP_MODES = ("reflect", "zero")
 
@@ -29,15 +29,21 @@ def random_crop(x: Any, padding: int, rng: Generator, mode: str = "reflect") -> 
         raise ValueError(f"random_crop: reflect padding {padding} needs images over {padding} px")
     dy = rng.integers(-padding, padding + 1, (n,))
     dx = rng.integers(-padding, padding + 1, (n,))
-    rows = xp.arange(h, dtype=xp.int64)[None, :] + dy[:, None]  # (N, H) source rows
-    cols = xp.arange(w, dtype=xp.int64)[None, :] + dx[:, None]  # (N, W) source columns
+    rows = (
+        xp.arange(h, dtype=xp.int64, device=device(x))[None, :] + dy[:, None]
+    )  # (N, H) source rows
+    cols = (
+        xp.arange(w, dtype=xp.int64, device=device(x))[None, :] + dx[:, None]
+    )  # (N, W) source columns
     if mode == "reflect":
         rows, cols = _reflect(rows, h, xp), _reflect(cols, w, xp)
     else:  # gather from the clipped index, then zero what fell outside
         row_inside, col_inside = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
         inside = row_inside[:, None, :, None] & col_inside[:, None, None, :]
         rows, cols = xp.clip(rows, 0, h - 1), xp.clip(cols, 0, w - 1)
-    plane = xp.reshape(xp.arange(n * c, dtype=xp.int64), (n, c, 1, 1))  # which (n, c) plane
+    plane = xp.reshape(
+        xp.arange(n * c, dtype=xp.int64, device=device(x)), (n, c, 1, 1)
+    )  # which (n, c) plane
     flat = (plane * h + rows[:, None, :, None]) * w + cols[:, None, None, :]
     out = xp.take(xp.reshape(x, (-1,)), xp.reshape(flat, (-1,)), axis=0)
     out = xp.reshape(out, x.shape)
@@ -65,8 +71,8 @@ def cutout(x: Any, size: int, rng: Generator) -> Any:
     n, _, h, w = x.shape
     top = rng.integers(0, h, (n,))[:, None] - size // 2
     left = rng.integers(0, w, (n,))[:, None] - size // 2
-    rows = xp.arange(h, dtype=xp.int64)[None, :]
-    cols = xp.arange(w, dtype=xp.int64)[None, :]
+    rows = xp.arange(h, dtype=xp.int64, device=device(x))[None, :]
+    cols = xp.arange(w, dtype=xp.int64, device=device(x))[None, :]
     in_rows = (rows >= top) & (rows < top + size)  # (N, H)
     in_cols = (cols >= left) & (cols < left + size)  # (N, W)
     hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]

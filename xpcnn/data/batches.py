@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from xpcnn.backend import Generator, asarray, namespace, to_numpy
+from xpcnn.backend import Generator, asarray, device, namespace, to_numpy
 
 AugmentFn = Callable[[Any, Generator], Any]
 
@@ -44,8 +44,16 @@ class Batches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.augment = drop_last, augment
         xp, channels = namespace(self.images), self.images.shape[1]
-        mean = xp.zeros(channels) if mean is None else asarray(to_numpy(mean), "float64")
-        std = xp.ones(channels) if std is None else asarray(to_numpy(std), "float64")
+        mean = (
+            xp.zeros(channels, device=device(self.images))
+            if mean is None
+            else asarray(to_numpy(mean), "float64")
+        )
+        std = (
+            xp.ones(channels, device=device(self.images))
+            if std is None
+            else asarray(to_numpy(std), "float64")
+        )
         # (x / 255 - mean) / std  ==  x * scale - shift: one multiply, one subtract per pixel
         self.scale = xp.astype(xp.reshape(1.0 / (255.0 * std), (1, channels, 1, 1)), xp.float32)
         self.shift = xp.astype(xp.reshape(mean / std, (1, channels, 1, 1)), xp.float32)
@@ -70,7 +78,7 @@ class Batches:
         if self.shuffle:
             order = asarray(Generator(self.seed, epoch).permutation(n), "int64")
         else:
-            order = xp.arange(n, dtype=xp.int64)
+            order = xp.arange(n, dtype=xp.int64, device=device(self.images))
         rng = Generator(self.seed, epoch, 1) if self.augment is not None else None
         for b in range(len(self)):
             idx = order[b * self.batch_size : min((b + 1) * self.batch_size, n)]

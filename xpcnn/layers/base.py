@@ -12,7 +12,16 @@ from collections.abc import Iterator
 from math import prod
 from typing import Any
 
-from xpcnn.backend import active_namespace, default_generator, dtype_of, namespace, to_numpy
+from xpcnn.backend import (
+    active_device,
+    active_namespace,
+    asarray,
+    default_generator,
+    device,
+    dtype_of,
+    namespace,
+    to_numpy,
+)
 from xpcnn.layers.summary import Summary, SummaryRow, channels_first, channels_last
 
 
@@ -23,12 +32,12 @@ def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> An
 
 def zeros(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
     xp = active_namespace()
-    return xp.zeros(shape, dtype=dtype_of(dtype, xp))
+    return xp.zeros(shape, dtype=dtype_of(dtype, xp), device=active_device())
 
 
 def ones(shape: tuple[int, ...], dtype: Any = "float32") -> Any:
     xp = active_namespace()
-    return xp.ones(shape, dtype=dtype_of(dtype, xp))
+    return xp.ones(shape, dtype=dtype_of(dtype, xp), device=active_device())
 
 
 class Layer:
@@ -145,8 +154,9 @@ class Layer:
                     f"state dict entry {key!r} has shape {tuple(value.shape)}, "
                     f"expected {tuple(current.shape)}"
                 )
-            xp = namespace(current)
-            self.set_state(key, xp.asarray(value, dtype=current.dtype, copy=True))
+            self.set_state(
+                key, asarray(value, dtype=current.dtype, device=device(current), copy=True)
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import dtype_of, namespace, sliding_windows
+from xpcnn.backend import device, dtype_of, namespace, sliding_windows
 from xpcnn.layers.base import Layer, he_normal, zeros
 
 
@@ -48,7 +48,7 @@ def pad_spatial(x: Any, pads: tuple[tuple[int, int], tuple[int, int]]) -> Any:
         return x
     xp = namespace(x)
     n, h, w, c = x.shape
-    padded = xp.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
+    padded = xp.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype, device=device(x))
     padded[:, top : top + h, left : left + w, :] = x
     return padded
 
@@ -74,7 +74,7 @@ def col2im(dcols: Any, input_shape: tuple[int, ...], stride: int, pads: tuple) -
     xp = namespace(dcols)
     n, h, w, c = input_shape
     kh, kw, _, oh, ow, _ = dcols.shape
-    dx = xp.zeros((n, h, w, c), dtype=dcols.dtype)
+    dx = xp.zeros((n, h, w, c), dtype=dcols.dtype, device=device(dcols))
     for i in range(kh):
         rows = _window(i, pads[0][0], h, oh, stride)
         for j in range(kw):
@@ -160,7 +160,7 @@ class Conv2D(Layer):
         self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if "bias" in self.params:
             # Σ over rows as a GEMV: NumPy's axis-0 reduction is ~4x slower
-            ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype)
+            ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype, device=device(dy2))
             self.accumulate("bias", ones @ dy2)
         if not input_grad:
             return None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import active_namespace, dtype_of, namespace
+from xpcnn.backend import active_device, active_namespace, device, dtype_of, namespace
 from xpcnn.layers.base import Layer, ones, zeros
 
 
 def channel_sum(x2: Any) -> Any:
     """Σ over the rows of a (rows, C) array, as a GEMV: NumPy's axis-0 reduction is ~4x slower."""
     xp = namespace(x2)
-    return xp.ones((x2.shape[0],), dtype=x2.dtype) @ x2
+    return xp.ones((x2.shape[0],), dtype=x2.dtype, device=device(x2)) @ x2
 
 
 class _BatchNorm(Layer):
@@ -35,7 +35,7 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = zeros((num_features,), dtype)
         self.buffers["running_var"] = ones((num_features,), dtype)
         xp = active_namespace()
-        self.buffers["num_batches_tracked"] = xp.asarray(0, dtype=xp.int64)
+        self.buffers["num_batches_tracked"] = xp.asarray(0, dtype=xp.int64, device=active_device())
 
     def forward(self, x: Any) -> Any:
         if x.ndim != self.ndim:

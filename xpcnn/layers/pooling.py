@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import namespace
+from xpcnn.backend import device, namespace
 from xpcnn.layers.base import Layer
 
 
@@ -72,7 +72,7 @@ class MaxPool2D(_Pool2D):
         if (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0:
             return self._backward_tiled(dy)
         xp = namespace(dy)
-        dx = xp.zeros(self.x.shape, dtype=dy.dtype)
+        dx = xp.zeros(self.x.shape, dtype=dy.dtype, device=device(dy))
         unclaimed = None
         for rows, cols in self.windows(self.x.shape):
             is_max = self.x[:, rows, cols, :] == self.y
@@ -116,7 +116,7 @@ class AvgPool2D(_Pool2D):
         if not input_grad:
             return None
         xp = namespace(dy)
-        dx = xp.zeros(self.input_shape, dtype=dy.dtype)
+        dx = xp.zeros(self.input_shape, dtype=dy.dtype, device=device(dy))
         share = dy / (self.kernel[0] * self.kernel[1])
         for rows, cols in self.windows(self.input_shape):
             dx[:, rows, cols, :] += share
@@ -160,7 +160,7 @@ class GlobalMaxPool2D(_GlobalPool2D):
             return None
         xp = namespace(dy)
         n, h, w, c = self.input_shape
-        positions = xp.arange(h * w, dtype=self.argmax.dtype)
+        positions = xp.arange(h * w, dtype=self.argmax.dtype, device=device(dy))
         is_max = xp.reshape(positions, (1, h * w, 1)) == xp.reshape(self.argmax, (n, 1, c))
         dx = xp.where(is_max, xp.reshape(dy, (n, 1, c)), 0.0)
         return xp.reshape(dx, self.input_shape)
