@@ -1,5 +1,3 @@
-import importlib.util
-
 import numpy as np
 import pytest
 
