@@ -18,6 +18,7 @@ from xpcnn import __version__
 from xpcnn.backend import BackendError
 from xpcnn.checkpoint import CheckpointError
 from xpcnn.data import DataError
+from xpcnn.export import DEFAULT_OPSET, MIN_OPSET, ExportError
 from xpcnn.info import cpu_count
 from xpcnn.models import PRESETS
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
@@ -26,7 +27,8 @@ from xpcnn.runs.folder import RunFolderError, RunFolderNotEmpty
 from xpcnn.runs.scoring import EVAL_BATCH, ScoringError
 
 BAD_INPUT = (
-    BackendError, CheckpointError, ConfigError, DataError, RunFolderError, ScoringError, OSError,
+    BackendError, CheckpointError, ConfigError, DataError, ExportError, RunFolderError,
+    ScoringError, OSError,
 )  # fmt: skip
 
 
@@ -219,6 +221,20 @@ def build_parser() -> Parser:
     )
 
     _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))
+
+    export = add(
+        "export",
+        _export,
+        "write a checkpoint as an ONNX model (uint8 images in, probabilities out)",
+    )
+    export.add_argument("--checkpoint", required=True, metavar="FILE")
+    export.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    export.add_argument(
+        "--opset",
+        type=_number(int, MIN_OPSET, float("inf"), f"an opset >= {MIN_OPSET}"),
+        metavar="N",
+        help=f"ONNX opset (default: {DEFAULT_OPSET}; from 20 GELU is one operator)",
+    )
     return parser  # fmt: skip
 
 
@@ -316,6 +332,14 @@ def _bench(args: argparse.Namespace) -> int:
     return xpcnn.bench.run(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from xpcnn.export import describe, export_checkpoint
+
+    model = export_checkpoint(args.checkpoint, args.onnx, opset=args.opset)
+    print(f"{args.onnx}: {describe(model)}")
+    return 0
+
+
 def _flag(field: str, value: Any = None) -> str:
     """A setting as the person typed it: `--weight-decay 0.1`, `--no-augment`."""
     name = "--" + field.replace("_", "-")
@@ -341,6 +365,8 @@ def _message(err: BaseException, command: str | None) -> str:
         return f"{'--resume' if command == 'train' else '--checkpoint'}: {err}"
     if isinstance(err, DataError):
         return f"{'IMAGE' if command == 'predict' else '--data'}: {err}"
+    if isinstance(err, ExportError):
+        return f"{_flag(err.what)}: {err.expected}" if isinstance(err.what, str) else str(err)
     if isinstance(err, ScoringError):
         return f"{_flag(err.what, err.value)}: {err.expected}"
     if isinstance(err, OSError) and err.filename is not None:
