@@ -9,6 +9,7 @@ import io
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from xpcnn.backend import manual_seed
 from xpcnn.checkpoint import save_checkpoint
-from xpcnn.files import write_text
+from xpcnn.files import atomic_link, write_text
 from xpcnn.train import Callback, Progress, check_finite, predict
 
 HISTORY_COLUMNS = (
@@ -160,9 +161,10 @@ class StopOnSignal(Callback):
 
 class ModelCheckpoint(Callback):
     """After each epoch, the model and optimizer state with `meta(history)` as its JSON record
-    into `path` (atomically) — or, with `monitor`, only when that key of the epoch's record
-    beats every earlier epoch's (Keras' `save_best_only`). `history` holds earlier epochs of a
-    resumed run. `saved_epoch`: the epoch the file holds (0: none written by this run yet)."""
+    into `path` (atomically); with `best`, also into `best` whenever the epoch's `monitor` beats
+    every earlier epoch's (Keras' `save_best_only`), as a hard link to the file just written
+    rather than a second write. `history` holds earlier epochs of a resumed run.
+    `saved_epoch`: the epoch `path` holds (0: none yet)."""
 
     def __init__(
         self,
@@ -171,24 +173,25 @@ class ModelCheckpoint(Callback):
         optimizer: Any,
         meta: Callable[[list[dict[str, Any]]], dict[str, Any]],
         history: Sequence[dict[str, Any]] = (),
-        monitor: str | None = None,
+        best: str | Path | None = None,
+        monitor: str = "val_acc",
     ) -> None:
         self.path, self.model, self.optimizer, self.meta = Path(path), model, optimizer, meta
         self.history, self.monitor = list(history), monitor
-        self.saved_epoch = self.history[-1]["epoch"] if self.history and not monitor else 0
+        self.best_path = Path(best) if best is not None else None
+        self.saved_epoch = self.history[-1]["epoch"] if self.history else 0
         self.best = max((r[monitor] for r in self.history if monitor in r), default=None)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.monitor is not None:
-            if self.monitor not in record:
-                return
-            if self.best is not None and record[self.monitor] <= self.best:
-                return
-            self.best = record[self.monitor]
         state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         save_checkpoint(self.path, state, optim_state, self.meta(self.history))
         self.saved_epoch = record["epoch"]
+        value = record.get(self.monitor)
+        if self.best_path is not None and value is not None:
+            if self.best is None or value > self.best:
+                self.best = value
+                atomic_link(self.path, self.best_path)
 
 
 class HistoryLogger(Callback):
@@ -214,8 +217,10 @@ def write_history(history: Sequence[dict[str, Any]], folder: Path) -> None:
 
 class PlotWriter(Callback):
     """curves.png (loss and accuracy per epoch) and, given `samples` (a Dataset) with their
-    `batches`, samples.png (those images with the model's predictions) in `folder` after each
-    epoch. Does nothing where matplotlib is not installed."""
+    `batches`, samples.png (those images with the model's predictions) in `folder`. Drawing
+    takes most of a second, longer than a whole epoch of a small network on a GPU, so it
+    happens after an epoch only once training has run `patience` times as long as the last
+    drawing took, and always at the end. Does nothing where matplotlib is not installed."""
 
     def __init__(
         self,
@@ -224,16 +229,28 @@ class PlotWriter(Callback):
         history: Sequence[dict[str, Any]] = (),
         samples: Any = None,
         batches: Any = None,
+        patience: float = 20.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.folder, self.model, self.history = Path(folder), model, list(history)
-        self.samples, self.batches = samples, batches
+        self.samples, self.batches, self.patience, self.clock = samples, batches, patience, clock
+        self.drawn_epoch, self.drawing_s, self.since = 0, 0.0, clock()
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.clock() - self.since >= self.patience * self.drawing_s:
+            self.draw()
+
+    def on_train_end(self, history: list[dict[str, Any]]) -> None:
+        if self.history and self.drawn_epoch != self.history[-1]["epoch"]:
+            self.draw()
+
+    def draw(self) -> None:
         from xpcnn import plots
 
-        self.history.append(record)
         if not plots.available():
             return
+        started = self.clock()
         plots.plot_curves(self.history, self.folder / "curves.png")
         if self.samples is not None and len(self.samples):
             predicted = predict(self.model, self.batches).argmax(axis=1)
@@ -241,3 +258,5 @@ class PlotWriter(Callback):
                 self.samples.images, self.samples.labels, predicted, self.samples.classes,
                 self.folder / "samples.png",
             )  # fmt: skip
+        self.since = self.clock()
+        self.drawn_epoch, self.drawing_s = self.history[-1]["epoch"], self.since - started

@@ -33,6 +33,28 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     _fsync_dir(path.parent)
 
 
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make `path` hold what `source` holds now, atomically: a hard link renamed into place
+    (no second write; `source` is later replaced, never rewritten, by `atomic_file`), or a
+    copy where the file system has no hard links."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with open(source, "rb") as src, atomic_file(path) as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Replace a text file atomically."""
     with atomic_file(path, "w") as out:

@@ -40,7 +40,8 @@ def check_finite(progress: Progress, at_step: bool = True) -> None:
 @dataclass
 class Progress:
     """What callbacks see during an epoch. `running()` reads the device accumulators (a host
-    sync on a GPU), so call it every few steps, not every step."""
+    sync on a GPU), so call it every few steps, not every step; callbacks asking at the same
+    step share one read."""
 
     epoch: int
     batch: int = 0
@@ -51,15 +52,19 @@ class Progress:
     loss_sum: Any = 0.0
     correct: Any = 0
 
+    read: tuple[int, dict[str, float]] | None = None  # (batch, values) of the last read
+
     def running(self) -> dict[str, float]:
-        loss = float(self.loss_sum) / max(self.images, 1)
-        seconds = time.perf_counter() - self.started
-        return {
-            "loss": loss,
-            "acc": float(self.correct) / max(self.images, 1),
-            "lr": self.lr,
-            "images_per_s": self.images / max(seconds, 1e-9),
-        }
+        if self.read is None or self.read[0] != self.batch:
+            seconds = time.perf_counter() - self.started
+            values = {
+                "loss": float(self.loss_sum) / max(self.images, 1),
+                "acc": float(self.correct) / max(self.images, 1),
+                "lr": self.lr,
+                "images_per_s": self.images / max(seconds, 1e-9),
+            }
+            self.read = (self.batch, values)
+        return self.read[1]
 
 
 class Callback:

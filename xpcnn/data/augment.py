@@ -40,7 +40,9 @@ def random_crop(x: Any, padding: int, rng: Generator, mode: str = "reflect") -> 
     else:  # gather from the clipped index, then zero what fell outside
         row_inside, col_inside = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
         inside = row_inside[:, None, :, None] & col_inside[:, None, None, :]
-        rows, cols = xp.clip(rows, 0, h - 1), xp.clip(cols, 0, w - 1)
+        # minimum/maximum: array-api-compat's clip takes a host-synchronising path on CuPy
+        rows = xp.minimum(xp.maximum(rows, 0), h - 1)
+        cols = xp.minimum(xp.maximum(cols, 0), w - 1)
     plane = xp.reshape(
         xp.arange(n * c, dtype=xp.int64, device=device(x)), (n, c, 1, 1)
     )  # which (n, c) plane

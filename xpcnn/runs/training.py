@@ -180,14 +180,13 @@ def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback
         return record.with_history(done).to_json()
 
     samples = start.val_set.subset(_sample_picks(start.val_set.labels, SAMPLES))
-    last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history)
+    last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history, folder.best)
     stopper = StopOnSignal()
     all_callbacks = [
         ReseedDropout(config.seed),
         TerminateOnNaN(),
         *callbacks,
         last,
-        ModelCheckpoint(folder.best, model, start.optimizer, meta, history, monitor="val_acc"),
         HistoryLogger(folder.path, history),
         PlotWriter(folder.path, model, history, samples, eval_batches(samples, mean, std)),
         EpochLog(log, config.epochs),
