@@ -217,6 +217,14 @@ def device_info() -> dict[str, Any]:
     }
 
 
+def device_memory_bytes() -> int:
+    """Bytes CuPy's memory pool holds on the device (it keeps freed blocks: about the peak of
+    the work so far); 0 on other backends."""
+    if backend_name() != "cupy":
+        return 0
+    return int(importlib.import_module("cupy").get_default_memory_pool().total_bytes())
+
+
 def check_kernels() -> str:
     """Run an element-wise kernel, a reduction and a GEMM on the active device and compare them
     with NumPy: "ok" or the one-line reason. CuPy compiles kernels at their first use, so a

@@ -1,10 +1,13 @@
 """`xpcnn bench`: training and evaluation throughput against PyTorch, in the same process.
 
 For each preset and batch size, xpcnn and its PyTorch twin (same layers, same weights, same
-optimizer) take turns: `rounds` times, `steps` timed steps of one, then of the other. Medians of
-the per-step times give the ratio xpcnn / PyTorch. The floor is the network's FLOPs divided by
-the float32 GEMM rate measured here. Peak memory of a training epoch is measured per framework in
-a fresh subprocess (peak RSS above the process's state before training).
+optimizer, on the same device: the GPU under CuPy) take turns: `rounds` times, `steps` timed
+steps of one, then of the other, each ended by a device synchronisation. Medians of the per-step
+times give the ratio xpcnn / PyTorch. The floor is the network's FLOPs divided by the float32
+GEMM rate measured on that device. Peak memory of a training epoch is measured per framework in a
+fresh subprocess: resident host memory on a CPU, the device's (CuPy's pool, PyTorch's peak
+allocation) on a GPU. On a GPU, TF32 is PyTorch's default for convolutions and CuPy's only with
+CUPY_TF32=1; `no_tf32` turns it off in PyTorch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import asarray, manual_seed, synchronize, to_numpy
+from xpcnn.backend import (
+    asarray,
+    device_info,
+    device_memory_bytes,
+    manual_seed,
+    synchronize,
+    to_numpy,
+)
 from xpcnn.info import system_info
 from xpcnn.layers import (
     GELU,
@@ -57,12 +67,24 @@ def flops_per_image(model: Sequential, image_shape: tuple[int, ...]) -> tuple[in
 
 
 def gemm_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 GEMM rate of NumPy's BLAS on this machine (best of `repeats`)."""
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    with _blas_threads(threads):
+    """Measured float32 GEMM rate on the active device (NumPy's BLAS on a CPU), best of
+    `repeats`."""
+    a = asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+
+    def gemm() -> None:
         a @ a
-        best = min(_timed(lambda: a @ a) for _ in range(repeats))
+        synchronize()
+
+    with _blas_threads(threads):
+        gemm()
+        best = min(_timed(gemm) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
+
+
+def torch_device() -> str:
+    """Where the PyTorch twin runs: the GPU xpcnn runs on, else the CPU (like with like)."""
+    device = str(device_info()["device"])
+    return device if device.startswith("cuda") else "cpu"
 
 
 # --- PyTorch twin ---------------------------------------------------------------------------
@@ -170,27 +192,34 @@ def _xpcnn_runner(model: Sequential, batch: int, image_shape: tuple[int, ...]):
     return train, evaluate
 
 
-def _torch_runner(twin: Any, batch: int, image_shape: tuple[int, ...]):
+def _torch_runner(twin: Any, batch: int, image_shape: tuple[int, ...], device: str = "cpu"):
     import torch
 
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, *image_shape), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, 10, batch))
+    x = torch.from_numpy(rng.standard_normal((batch, *image_shape), dtype=np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
+    twin.to(device)
     optimizer = torch.optim.SGD(
         twin.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
+
+    def wait() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize(device)
 
     def train(steps: int) -> None:
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(twin(x), y).backward()
             optimizer.step()
+        wait()
 
     def evaluate(steps: int) -> None:
         twin.eval()
         with torch.no_grad():
             for _ in range(steps):
                 twin(x)
+        wait()
         twin.train()
 
     return train, evaluate
@@ -216,7 +245,7 @@ def bench_case(name: str, batch: int, args: argparse.Namespace, peer: bool) -> d
     train_runners, eval_runners = {"xpcnn": train_x}, {"xpcnn": eval_x}
     if peer:
         twin = torch_twin(model)
-        train_t, eval_t = _torch_runner(twin, batch, image_shape)
+        train_t, eval_t = _torch_runner(twin, batch, image_shape, torch_device())
         train_runners["torch"], eval_runners["torch"] = train_t, eval_t
     train_s = _alternate(train_runners, args.steps, args.rounds)
     eval_s = _alternate(eval_runners, args.steps, args.rounds)
@@ -237,7 +266,9 @@ def bench_case(name: str, batch: int, args: argparse.Namespace, peer: bool) -> d
 
 
 def peak_memory_mib(framework: str, name: str, batch: int, images: int, threads: int) -> float:
-    """Peak RSS growth (MiB) of a fresh process training one epoch of `images` images."""
+    """Peak memory growth (MiB) of a fresh process training one epoch of `images` images: of
+    the GPU's memory where xpcnn runs on one (CuPy's pool; PyTorch's peak allocation), else
+    resident host memory."""
     code = (
         "import sys; from xpcnn.bench import _memory_child; "
         "before, after = _memory_child(*sys.argv[1:]); print(after - before)"
@@ -273,13 +304,22 @@ def _memory_child(framework: str, name: str, batch: str, images: str, threads: s
     batch_size, count = int(batch), int(images)
     manual_seed(0)
     model = build_model(name)
+    device = torch_device()
     if framework == "torch":
         import torch
 
         torch.set_num_threads(int(threads))
-        train, _ = _torch_runner(torch_twin(model), batch_size, (3, 32, 32))
+        train, _ = _torch_runner(torch_twin(model), batch_size, (3, 32, 32), device)
+        if device != "cpu":
+            before = torch.cuda.memory_allocated(device)
+            train(max(count // batch_size, 1))
+            return before // 1024, torch.cuda.max_memory_allocated(device) // 1024
     else:
         train, _ = _xpcnn_runner(model, batch_size, (3, 32, 32))
+        if device != "cpu":
+            before = device_memory_bytes()
+            train(max(count // batch_size, 1))
+            return before // 1024, device_memory_bytes() // 1024
     before = _peak_rss_kib()
     train(max(count // batch_size, 1))
     return before, _peak_rss_kib()
@@ -295,15 +335,18 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+            if args.no_tf32:
+                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         except ImportError:
             print("xpcnn bench: PyTorch is not installed; timing xpcnn alone", file=sys.stderr)
             peer = False
     info: dict[str, Any] = system_info()
     info["threads"] = str(args.threads)
     info["gemm_gflops"] = gemm_gflops(args.threads)
+    where = info.get("gpu", f"{info['cpu']}, {info['cpus']} cpus, {args.threads} threads")
     print(
-        f"# {info['cpu']}, {info['cpus']} cpus, {args.threads} threads; numpy {info['numpy']}"
-        f"{', torch ' + info['torch'] if peer else ''}; backend {info['backend']}; "
+        f"# {where}; numpy {info['numpy']}{', torch ' + info['torch'] if peer else ''} on "
+        f"{torch_device() if peer else '-'}; backend {info['backend']} on {info['device']}; "
         f"float32 GEMM {info['gemm_gflops']:.0f} GFLOP/s"
     )
     header = (
@@ -341,7 +384,8 @@ def run(args: argparse.Namespace) -> int:
                 )
                 if args.memory_images:
                     print(
-                        f"       peak memory of a {args.memory_images}-image epoch: xpcnn "
+                        f"       peak {'GPU' if torch_device() != 'cpu' else 'host'} memory of a "
+                        f"{args.memory_images}-image epoch: xpcnn "
                         f"{result['xpcnn_peak_mib']:.0f} MiB"
                         + (f", torch {result['torch_peak_mib']:.0f} MiB" if peer else ""),
                         flush=True,

@@ -153,6 +153,11 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-peer", action="store_true", help="skip PyTorch even if installed")
     p.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="PyTorch on a GPU without TF32 (CuPy uses it only with CUPY_TF32=1)",
+    )
+    p.add_argument(
         "--memory-images",
         type=_number(int, 0, float("inf"), "an integer >= 0"),
         default=0,
