@@ -77,7 +77,7 @@ echo "built in $((SECONDS - start)) s"
 docker image ls "$IMAGE"
 
 step "xpcnn info"
-docker run --rm --network none "$IMAGE" info
+docker run --rm --network none "$IMAGE" info | tee /dev/stderr | grep -q "^kernels *ok$"
 
 step "one-epoch train and eval on a tiny synthetic image folder"
 work=$(mktemp -d /var/tmp/xpcnn-smoke.XXXXXX)
