@@ -96,3 +96,9 @@ def test_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint.npz'?: does not exist") as caught:
         load_checkpoint(tmp_path / "checkpoint.npz")
     assert caught.value.path == tmp_path / "checkpoint.npz" and caught.value.field is None
+
+
+def test_saving_into_a_missing_folder_names_the_file_asked_for(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        save_checkpoint(tmp_path / "nowhere" / "checkpoint.npz", {}, {}, META)
+    assert caught.value.filename == str(tmp_path / "nowhere" / "checkpoint.npz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fsynced, then renamed over `path`, so a crash or kill leaves the old file whole and no
     temporary file behind (except after a kill -9, as `.<name>.*.part`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except FileNotFoundError:  # name the file asked for, not the temporary one
+        raise FileNotFoundError(errno.ENOENT, "its folder does not exist", str(path)) from None
     try:
         if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file a new file's mode
             umask = os.umask(0)
