@@ -231,9 +231,11 @@ class PlotWriter(Callback):
         batches: Any = None,
         patience: float = 20.0,
         clock: Callable[[], float] = time.perf_counter,
+        log: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.folder, self.model, self.history = Path(folder), model, list(history)
         self.samples, self.batches, self.patience, self.clock = samples, batches, patience, clock
+        self.log, self.failed = log, False
         self.drawn_epoch, self.drawing_s, self.since = 0, 0.0, clock()
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
@@ -248,15 +250,19 @@ class PlotWriter(Callback):
     def draw(self) -> None:
         from xpcnn import plots
 
-        if not plots.available():
+        if not plots.available() or self.failed:
             return
         started = self.clock()
-        plots.plot_curves(self.history, self.folder / "curves.png")
-        if self.samples is not None and len(self.samples):
-            predicted = predict(self.model, self.batches).argmax(axis=1)
-            plots.plot_samples(
-                self.samples.images, self.samples.labels, predicted, self.samples.classes,
-                self.folder / "samples.png",
-            )  # fmt: skip
+        try:
+            plots.plot_curves(self.history, self.folder / "curves.png")
+            if self.samples is not None and len(self.samples):
+                predicted = predict(self.model, self.batches).argmax(axis=1)
+                plots.plot_samples(
+                    self.samples.images, self.samples.labels, predicted, self.samples.classes,
+                    self.folder / "samples.png",
+                )  # fmt: skip
+        except Exception as err:  # a picture never fails a run: say so once, draw no more
+            self.failed = True
+            self.log(f"plots: stopped drawing ({type(err).__name__}: {err})")
         self.since = self.clock()
         self.drawn_epoch, self.drawing_s = self.history[-1]["epoch"], self.since - started

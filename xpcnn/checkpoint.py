@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from xpcnn.backend import to_numpy
-from xpcnn.files import atomic_file
+from xpcnn.data.limits import GB, Limits
+from xpcnn.files import atomic_file, read_npz
 
 FORMAT = "xpcnn-checkpoint"
 MAX_META_DEPTH = 64  # a run record nests 4 deep; anything deeper is forged
@@ -62,14 +63,15 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint fully into host memory; raises CheckpointError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(path, "does not exist")
+    if not path.is_file():
+        raise CheckpointError(path, "is not a regular file (expected an .npz checkpoint)")
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"PK\x03\x04":  # not a zip: a bare .npy, text, ... never parsed
                 raise ValueError("not a zip archive")
-        with np.load(path, allow_pickle=False) as npz:
-            entries = {name: npz[name] for name in npz.files}
+        entries = read_npz(path, Limits.from_env().data_gb * GB)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise CheckpointError(
             path, f"is not a readable checkpoint, corrupt or truncated ({first_line(err)}); "

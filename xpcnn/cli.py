@@ -55,7 +55,7 @@ def _number(kind: type, low: float, high: float, expected: str) -> Any:
 _positive_int = _number(int, 1, float("inf"), "a positive integer")
 _non_negative = _number(float, 0.0, float("inf"), "a number >= 0")
 _fraction = _number(float, 0.0, 1.0, "a fraction in [0, 1)")
-_integer = _number(int, -float("inf"), float("inf"), "an integer")
+_seed = _number(int, 0, 2**63, "an integer >= 0")
 
 # flag -> (type or action, metavar, help); every default is the preset's recipe or TrainConfig's
 _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
@@ -73,7 +73,7 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
     "--tta": ("bool", None, "score the final model with flip TTA (default: the recipe's)"),
     "--val-split": (_fraction, "F", "stratified validation fraction of the training images, "
                     f"0 for none (default: {TrainConfig.val_split})"),
-    "--seed": (_integer, "N", f"seeds weights, split, subset, shuffling, augmentation (default: "
+    "--seed": (_seed, "N", f"seeds weights, split, subset, shuffling, augmentation (default: "
                f"{TrainConfig.seed})"),
     "--limit": (_positive_int, "N", "train on a seeded, stratified subset of N training images"),
     "--image-size": (_positive_int, "N", "resize images to N x N (default: their own size)"),
@@ -397,4 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"xpcnn: error: {_message(err, args.command)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("xpcnn: error: out of memory: the input asks for more than this machine has "
+              "(lower --batch-size or --image-size, or the XPCNN_MAX_FILE_MB, XPCNN_MAX_IMAGE_MP "
+              "and XPCNN_MAX_DATA_GB budgets)", file=sys.stderr)  # fmt: skip
         return 2

@@ -1,14 +1,18 @@
-"""The one atomic writer: a file is replaced whole or not at all (checkpoints, caches, plots)."""
+"""The one atomic writer (a file is replaced whole or not at all: checkpoints, caches, plots) and
+the one bounded reader of .npz files (headers checked before any array is allocated)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 
 @contextmanager
@@ -77,3 +81,35 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_npz(path: str | os.PathLike, max_bytes: float) -> dict[str, np.ndarray]:
+    """Every array of an .npz, after checking each member's .npy header: no Python objects, no
+    more bytes than the member holds (a forged header cannot make us allocate 2^40 elements),
+    and at most `max_bytes` in all. Raises ValueError (or zipfile.BadZipFile, OSError) saying
+    what is wrong; never unpickles."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise ValueError(f"{info.filename}: unknown .npy format version {version}")
+                shape, _, dtype = read_header(member)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename} holds Python objects, which are never loaded")
+            nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise ValueError(
+                    f"{info.filename}: its header claims {nbytes} bytes, the file holds "
+                    f"{info.file_size}"
+                )
+            total += nbytes
+            if total > max_bytes:
+                raise ValueError(f"its arrays need more than {max_bytes / 2**30:g} GiB")
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}

@@ -103,6 +103,7 @@ class Preset:
     build: Callable[..., Sequential]
     recipe: Recipe
     description: str
+    min_image_size: int  # its pooling halves the image this many times (log2)
 
 
 PRESETS = {
@@ -110,11 +111,13 @@ PRESETS = {
         seed,
         Recipe(),  # 77.0% validation accuracy in 15 epochs (BENCHMARKS.md)
         "the notebook's network: Conv32-Pool-Conv64-Pool-Dense128-Dense10",
+        min_image_size=4,  # two 2x2 pools before the dense layers
     ),
     "fast": Preset(
         fast,
         Recipe(epochs=14, lr=0.1, label_smoothing=0.2, tta=True),  # 88.5% with TTA, 14 epochs
         "VGG-style, airbench's layout at half width: conv-BN-GELU blocks, global max pool",
+        min_image_size=8,  # three 2x2 pools
     ),
 }
 MODELS = tuple(PRESETS)

@@ -39,6 +39,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def printable(text: str) -> str:
+    """Text matplotlib can draw: a name decoded from non-UTF-8 bytes (surrogate escapes, as in
+    a folder named in Latin-1) gets replacement characters instead of failing the drawing."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     try:
         with atomic_file(path) as out:
@@ -79,6 +88,7 @@ def plot_samples(
     """A grid of uint8 (N, C, H, W) images titled "predicted (true)": green when right, red
     when wrong."""
     plt = _pyplot()
+    classes = [printable(c) for c in classes]
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
     for ax in axes.ravel():
@@ -97,6 +107,7 @@ def plot_confusion(
 ) -> Path:
     """Counts of (true, predicted) pairs; colour is the fraction of each true class."""
     plt = _pyplot()
+    classes, title = [printable(c) for c in classes], printable(title)
     k = len(classes)
     fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.55 * k + 2)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from xpcnn.data.dataset import DataError
+from xpcnn.data.limits import Limits
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 ARCHIVE_SUFFIXES = (*TAR_SUFFIXES, ".zip")
@@ -62,16 +63,19 @@ def _check_link(member: tarfile.TarInfo, archive: Path) -> None:
 def iter_members(archive: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
     """(parts, read) for each regular file in archive order; `read()` works until the next step.
 
-    Every member's name is checked, read or not; links are checked and never followed.
+    Every member's name is checked, read or not; links are checked and never followed. A member
+    larger than the file budget (`Limits`) is refused when read, before its bytes are.
     """
     kind = archive_kind(archive)
+    limits = Limits.from_env()
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     parts = member_parts(info.filename, archive)
                     if parts and not info.is_dir() and not stat.S_ISLNK(info.external_attr >> 16):
-                        yield parts, _reader(archive, lambda info=info: zf.read(info))
+                        read = _zip_reader(zf, info, f"{archive}:{info.filename}", limits)
+                        yield parts, _reader(archive, read)
             return
         with tarfile.open(archive, "r|*") as tf:  # a stream: one pass, no seeking back
             for member in tf:
@@ -79,11 +83,41 @@ def iter_members(archive: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], 
                 if member.issym() or member.islnk():
                     _check_link(member, archive)
                 elif member.isfile() and parts:
-                    yield parts, _reader(archive, lambda m=member: tf.extractfile(m).read())
+                    read = _tar_reader(tf, member, f"{archive}:{member.name}", limits)
+                    yield parts, _reader(archive, read)
     except DataError:
         raise
     except _CORRUPT as err:
         raise _corrupt(archive, err) from None
+
+
+def _zip_reader(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: Limits
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        limits.check_file(info.file_size, name)
+        if info.flag_bits & 0x1:
+            raise DataError(f"{name}: the member is encrypted (expected plain zip members)")
+        try:
+            with zf.open(info) as member:
+                data = member.read(info.file_size + 1)  # never more than the header declared
+        except NotImplementedError as err:
+            raise DataError(f"{name}: {err} (expected stored or deflated zip members)") from None
+        if len(data) > info.file_size:
+            raise DataError(f"{name}: holds more bytes than its header declares (corrupt zip)")
+        return data
+
+    return read
+
+
+def _tar_reader(
+    tf: tarfile.TarFile, member: tarfile.TarInfo, name: str, limits: Limits
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        limits.check_file(member.size, name)
+        return tf.extractfile(member).read()
+
+    return read
 
 
 def _corrupt(archive: Path, err: BaseException) -> DataError:

@@ -134,7 +134,9 @@ def _unpickle(data: bytes, name: str) -> dict:
         raise DataError(f"{name}: corrupt pickle ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{name}: holds a {type(obj).__name__}, expected a CIFAR-10 batch dict")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return {
+        k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v for k, v in obj.items()
+    }
 
 
 def parse_python(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -143,11 +145,17 @@ def parse_python(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = batch.get("data"), batch.get("labels")
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
         raise DataError(f"{name}: 'data' is not a uint8 (N, 3072) array")
-    if images.shape[1] != RECORD - 1 or labels is None or len(labels) != len(images):
+    if not isinstance(labels, (list, tuple, np.ndarray)):
+        raise DataError(f"{name}: 'labels' is a {type(labels).__name__}, expected a list")
+    if images.shape[1] != RECORD - 1 or len(labels) != len(images):
         raise DataError(f"{name}: expected 'data' (N, 3072) and N 'labels', got {images.shape}")
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
-        raise DataError(f"{name}: 'labels' are not non-negative integers")
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and labels.dtype.kind in "iu"
+    else:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
+    labels = np.asarray(labels, dtype=object if not ok else None)
+    if not ok or (labels.size and not (0 <= labels.min() and labels.max() < 256)):
+        raise DataError(f"{name}: 'labels' are not integers from 0 to 255 (expected class indices)")
     return images.reshape(-1, *SHAPE).copy(), labels.astype(np.int64)
 
 
@@ -158,5 +166,7 @@ def _class_names(meta: bytes | None, fmt: str) -> list[str]:
         names = [line.strip() for line in meta.decode("utf-8", "replace").splitlines()]
     else:
         raw = _unpickle(meta, PYTHON_META).get("label_names", [])
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw):
+            raise DataError(f"{PYTHON_META}: 'label_names' is not a list of names")
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw]
     return [n for n in names if n] or list(CIFAR10_CLASSES)

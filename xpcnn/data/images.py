@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import re
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -20,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from xpcnn.data.archives import iter_members
 from xpcnn.data.dataset import DataError, Dataset
+from xpcnn.data.limits import Limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EXPECTED = "ROOT/<class>/*.png|jpg|jpeg|bmp"
@@ -36,8 +39,10 @@ def read_image_tree(path: Path, size: tuple[int, int] | None = None) -> Dataset:
     size: (H, W) to resize every image to; None keeps the images' own size, which must then
     be the same for all of them.
     """
-    entries = _folder_entries(path) if path.is_dir() else _archive_entries(path)
-    names, images, resized = _decode_all(entries, size, path)
+    notes: list[str] = []
+    limits = Limits.from_env()
+    entries = _folder_entries(path, limits, notes) if path.is_dir() else _archive_entries(path)
+    names, images, resized = _decode_all(entries, size, path, limits)
     if not names:
         raise DataError(f"{path}: no images (expected {EXPECTED})")
     relative = _class_paths(names, path)
@@ -46,7 +51,6 @@ def read_image_tree(path: Path, size: tuple[int, int] | None = None) -> Dataset:
     classes = sorted({relative[i][0] for i in order})
     index = {name: label for label, name in enumerate(classes)}
     labels = np.array([index[relative[i][0]] for i in order], dtype=np.int64)
-    notes = []
     if len(order) < len(relative):
         notes.append(f"ignored {len(relative) - len(order)} images outside the class folders")
     if resized:
@@ -58,26 +62,52 @@ def read_image_tree(path: Path, size: tuple[int, int] | None = None) -> Dataset:
 def read_image_files(paths: Iterable[str | os.PathLike], size: tuple[int, int]) -> np.ndarray:
     """Image files decoded as `read_image_tree` decodes them, each resized to `size` (H, W):
     uint8 (N, 3, H, W). A missing or undecodable file is a DataError naming it."""
-    names, blobs = [str(p) for p in paths], []
+    names, blobs, limits = [str(p) for p in paths], [], Limits.from_env()
+    limits.check_image(*size, f"{size[0]}x{size[1]}")
+    limits.check_data(len(names) * 3 * size[0] * size[1], f"{len(names)} images")
     for name in names:
-        if not Path(name).is_file():
+        if Path(name).is_dir():
+            raise DataError(f"{name}: is a folder (expected an image file)")
+        if not Path(name).exists():
             raise DataError(f"{name}: does not exist (expected an image file)")
+        if not Path(name).is_file():
+            raise DataError(f"{name}: is not a regular file (expected an image file)")
+        limits.check_file(Path(name).stat().st_size, name)
         blobs.append(Path(name).read_bytes())
-    images, failures, _ = decode_chunk(blobs, size, resize=True)
+    images, failures, _ = decode_chunk(blobs, size, resize=True, limits=limits)
     if failures:
         index, problem = failures[0]
         raise DataError(f"{names[index]}: {problem}")
     return images
 
 
-def _folder_entries(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+def _folder_entries(
+    root: Path, limits: Limits, notes: list[str]
+) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
+    """Image files under `root`: regular files only, links followed (a FIFO or device named
+    x.png would block or never end); dangling links and other kinds are skipped with a note."""
+    skipped = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(folder).relative_to(root).parts
         for name in sorted(files):
             if is_image_name(name):
                 file = Path(folder, name)
+                try:
+                    info = file.stat()
+                except OSError:  # a dangling link
+                    skipped.append(str(file))
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    skipped.append(str(file))
+                    continue
+                limits.check_file(info.st_size, str(file))
                 yield (*rel, name), file.read_bytes
+    if skipped:
+        notes.append(
+            f"skipped {len(skipped)} image names that are not regular files or dangling links "
+            f"(first: {skipped[0]})"
+        )
 
 
 def _archive_entries(archive: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
@@ -100,6 +130,7 @@ def _decode_all(
     entries: Iterable[tuple[tuple[str, ...], Callable[[], bytes]]],
     size: tuple[int, int] | None,
     root: Path,
+    limits: Limits,
 ) -> tuple[list[tuple[str, ...]], np.ndarray, int]:
     """(names, images uint8 (N, 3, H, W), number resized); errors name the file.
 
@@ -115,14 +146,16 @@ def _decode_all(
             names.append(parts)
             blobs.append(read())
             if size is None:
-                size = _image_size(blobs[0], _display(root, parts))
+                size = _image_size(blobs[0], _display(root, parts), limits)
+            if len(names) % _CHUNK == 1:  # twice decoded at the concatenation
+                limits.check_data(2 * (len(names) + _CHUNK) * 3 * size[0] * size[1], str(root))
             if len(blobs) == _CHUNK:
                 pool = pool or _worker_pool()
-                futures.append(_submit(pool, blobs, size, resize))
+                futures.append(_submit(pool, blobs, size, resize, limits))
                 blobs = []
         if not names:
             return names, np.zeros((0, 3, 1, 1), np.uint8), 0
-        futures.append(_submit(None, blobs, size, resize))  # while the workers finish theirs
+        futures.append(_submit(None, blobs, size, resize, limits))  # while the workers work
         results = [future.result() for future in futures]
     finally:
         if pool is not None:
@@ -137,15 +170,20 @@ def _decode_all(
     return names, np.concatenate(chunks), resized
 
 
-def _image_size(blob: bytes, name: str) -> tuple[int, int]:
-    """(H, W) of an encoded image."""
+def _image_size(blob: bytes, name: str, limits: Limits) -> tuple[int, int]:
+    """(H, W) of an encoded image, read from its header (nothing is decoded)."""
     try:
         width, height = Image.open(io.BytesIO(blob)).size
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(
-            f"{name}: unreadable image ({err}); expected a PNG, JPEG or BMP file"
-        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{name}: {_unreadable(err)}") from None
+    limits.check_image(height, width, name)
     return height, width
+
+
+def _unreadable(err: BaseException) -> str:
+    """Pillow's reason without its in-memory file's repr (`<_io.BytesIO object at 0x...>`)."""
+    reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err)).strip() or "?"
+    return f"unreadable image ({reason}); expected a PNG, JPEG or BMP file"
 
 
 def _display(root: Path, parts: tuple[str, ...]) -> str:
@@ -168,11 +206,12 @@ def _worker_pool() -> Executor | None:
 
 
 def decode_chunk(
-    blobs: list[bytes], size: tuple[int, int], resize: bool
+    blobs: list[bytes], size: tuple[int, int], resize: bool, limits: Limits
 ) -> tuple[np.ndarray, list[tuple[int, str]], int]:
     """Decode encoded images to uint8 (n, 3, H, W): (images, [(index, problem)], n resized).
 
-    Runs in worker processes, so problems come back as values, not exceptions.
+    Each image's size is read from its header and checked against the pixel budget before it
+    is decoded. Runs in worker processes, so problems come back as values, not exceptions.
     """
     h, w = size
     out = np.zeros((len(blobs), h, w, 3), dtype=np.uint8)  # Pillow's layout; NCHW at the end
@@ -180,10 +219,15 @@ def decode_chunk(
     for i, blob in enumerate(blobs):
         try:
             image = Image.open(io.BytesIO(blob))
+            if image.width * image.height > limits.image_mp * 1e6:
+                failures.append((i, f"is {image.height}x{image.width}, more than the "
+                                 f"{limits.image_mp:g} megapixels allowed for one image (set "
+                                 "XPCNN_MAX_IMAGE_MP to allow it)"))  # fmt: skip
+                continue
             image.load()  # decodes here, so a truncated file is caught here
             image = image if image.mode == "RGB" else image.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            failures.append((i, f"unreadable image ({err}); expected a PNG, JPEG or BMP file"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            failures.append((i, _unreadable(err)))
             continue
         if image.size != (w, h):
             if not resize:
@@ -199,12 +243,15 @@ def decode_chunk(
     return out, failures, resized
 
 
-def _submit(pool: Executor | None, blobs: list[bytes], size: tuple[int, int], resize: bool):
+def _submit(
+    pool: Executor | None, blobs: list[bytes], size: tuple[int, int], resize: bool,
+    limits: Limits,
+) -> Future:  # fmt: skip
     if pool is None:
         done: Future = Future()
-        done.set_result(decode_chunk(blobs, size, resize))
+        done.set_result(decode_chunk(blobs, size, resize, limits))
         return done
-    return pool.submit(decode_chunk, blobs, size, resize)
+    return pool.submit(decode_chunk, blobs, size, resize, limits)
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -212,6 +259,9 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if images.shape[2:] == (h, w):
         return images
+    limits = Limits.from_env()
+    limits.check_image(h, w, f"resizing to {h}x{w}")
+    limits.check_data(images.shape[0] * images.shape[1] * h * w, f"resizing to {h}x{w}")
     out = np.empty((*images.shape[:2], h, w), dtype=np.uint8)
     for i, image in enumerate(images):
         pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)).squeeze())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import numpy as np
 from xpcnn.data.cifar10 import fetch_cifar10, read_cifar10, source_format
 from xpcnn.data.dataset import DataError, Dataset, data_home
 from xpcnn.data.images import read_image_tree, resize_images
-from xpcnn.files import atomic_file
+from xpcnn.data.limits import GB, Limits
+from xpcnn.files import atomic_file, read_npz
 
 SPLITS = ("train", "test", "all")
 CACHE_VERSION = 1
@@ -68,6 +70,8 @@ def load_dataset(
             f"{path}: no such file or folder (expected 'cifar10', an image folder or a "
             ".tar/.tar.gz/.zip archive)"
         )
+    if not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{path}: is not a regular file or folder (expected a folder or archive)")
     fmt = source_format(path)
     if fmt is None:  # an image tree: one split, all of it
         return _cached(path, "all", size, home, lambda: read_image_tree(path, size))
@@ -84,6 +88,7 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     if h < 1 or w < 1:
         raise DataError(f"size={size!r}: expected positive height and width")
+    Limits.from_env().check_image(int(h), int(w), f"size={size!r}")
     return int(h), int(w)
 
 
@@ -125,11 +130,18 @@ def _cifar10(
 def _cached(
     path: Path, split: str, size: tuple[int, int] | None, home: Path, read: Callable[[], Dataset]
 ) -> Dataset:
+    problem = None
     if path.exists():
-        dataset = _load_cache(_cache_file(path, split, size, home))
-        if dataset is not None:
-            return dataset
+        file = _cache_file(path, split, size, home)
+        try:
+            cached = _load_cache(file)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            cached, problem = None, str(err).strip().splitlines()[0] if str(err) else repr(err)
+        if cached is not None:
+            return cached
     dataset = read()
+    if problem is not None:
+        dataset.notes.append(f"the decoded cache {file} was unreadable ({problem}); rebuilt")
     _save_cache(_cache_file(path, split, size, home), dataset)
     return dataset
 
@@ -155,26 +167,31 @@ def _digest(value: object) -> str:
 
 
 def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # a dangling link: its own times
+        st = path.lstat()
     return st.st_size, st.st_mtime_ns
 
 
 def _load_cache(file: Path) -> Dataset | None:
-    """The cached dataset, or None when there is none or it is unreadable (it is then rebuilt)."""
+    """The cached dataset, None when there is none; a ValueError (or OSError, BadZipFile) saying
+    what is wrong with one that is there (it is then rebuilt and replaced)."""
     if not file.is_file():
         return None
-    try:
-        with np.load(file, allow_pickle=False) as saved:
-            images, labels = saved["images"], saved["labels"]
-            classes = [str(c) for c in saved["classes"]]
-            has_test, source = bool(saved["has_test"]), str(saved["source"])
-            notes = [str(n) for n in saved["notes"]]
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),):
-        return None
+    saved = read_npz(file, Limits.from_env().data_gb * GB)
+    images, labels = saved["images"], saved["labels"]
+    classes = [str(c) for c in saved["classes"].reshape(-1)]
+    has_test, source = bool(saved["has_test"]), str(saved["source"])
+    notes = [str(n) for n in saved["notes"].reshape(-1)]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+        raise ValueError(f"images: expected uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+        raise ValueError(f"labels: expected {len(images)} integers")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"labels: expected 0 to {len(classes) - 1}")
     notes.append(f"decoded images from the cache {file}")
-    return Dataset(images, labels, classes, has_test, source, notes)
+    return Dataset(images, labels.astype(np.int64), classes, has_test, source, notes)
 
 
 def _save_cache(file: Path, dataset: Dataset) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xpcnn.data import is_cifar10_name
+from xpcnn.data.limits import Limits
 from xpcnn.models import PRESETS, recipe
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
 
@@ -103,11 +104,17 @@ class TrainConfig:
         for name in ("label_smoothing", "val_split"):
             value = getattr(self, name)
             _check(self, name, _real(value) and 0 <= value < 1, "a fraction in [0, 1)")
-        _check(self, "seed", _int(self.seed), "an integer")
+        _check(self, "seed", _int(self.seed) and 0 <= self.seed < 2**63, "an integer >= 0")
         for name in ("limit", "image_size"):
             value = getattr(self, name)
             _check(self, name, value is None or (_int(value) and value >= 1),
                    "a positive integer or none")  # fmt: skip
+        if self.image_size is not None:
+            smallest = PRESETS[self.model].min_image_size
+            _check(self, "image_size", self.image_size >= smallest,
+                   f"at least {smallest} for the {self.model} preset")  # fmt: skip
+            problem = Limits.from_env().image_problem(self.image_size, self.image_size)
+            _check(self, "image_size", problem is None, str(problem))
 
     def resumed(self, options: dict[str, Any], finished: int, path: Path) -> TrainConfig:
         """This stored config with the caller's `options` for a resumed run: only `epochs` (not

@@ -73,8 +73,10 @@ class RunFolder:
         return self.path / BEST
 
     def start(self) -> None:
-        """Make the folder of a new run, or clear an earlier run's files from it (force)."""
+        """Make the folder of a new run, or clear an earlier run's files from it (force); in
+        either case remove what killed writes left (`.checkpoint.npz.*.part`)."""
         if self.resumed is not None:
+            self._remove_leftovers()
             return
         fresh = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,13 @@ class RunFolder:
             raise RunFolderError(self.path, "was filled by another run while this one loaded")
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        for name in RUN_FILES:
+            for leftover in self.path.glob(f".{name}.*"):
+                if leftover.suffix in (".part", ".link"):
+                    leftover.unlink(missing_ok=True)
 
     def _has_files(self) -> bool:
         return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())

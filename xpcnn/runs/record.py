@@ -105,6 +105,8 @@ class RunRecord:
         mean, std = (check.numbers(meta, k, args["in_channels"]) for k in ("mean", "std"))
         if min(std) <= 0:
             check.fail("std", "expected positive numbers")
+        if args["image_size"] < PRESETS[name].min_image_size:
+            check.fail("model.kwargs.image_size", f"below the {name} preset's minimum")
         if check.count(meta, "image_size", minimum=1) != args["image_size"]:
             check.fail("image_size", "differs from model.kwargs.image_size")
         sizes = {k: check.count(meta, k) for k in ("data_size", "train_size", "val_size")}

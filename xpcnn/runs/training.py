@@ -26,10 +26,10 @@ from xpcnn.callbacks import (
 )
 from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Augment, Batches, Dataset, channel_stats, load_dataset, train_val_indices
-from xpcnn.models import build_model
+from xpcnn.models import PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
-from xpcnn.runs.folder import RunFolder
+from xpcnn.runs.folder import RunFolder, RunFolderError
 from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
 from xpcnn.runs.scoring import eval_batches, score
 from xpcnn.train import Callback, TrainingDiverged, fit
@@ -116,7 +116,7 @@ def prepare(
     dataset = load_dataset(config.data, split="train", size=config.image_size)
     for note in dataset.notes:
         log(f"data: {note}")
-    size = _square_size(dataset)
+    size = _square_size(dataset, config)
     if resumed is not None:
         _check_same_data(config, dataset, size, resumed[1])
     train_idx, val_idx = train_val_indices(dataset.labels, config.val_split, config.seed,
@@ -188,7 +188,9 @@ def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback
         *callbacks,
         last,
         HistoryLogger(folder.path, history),
-        PlotWriter(folder.path, model, history, samples, eval_batches(samples, mean, std)),
+        PlotWriter(
+            folder.path, model, history, samples, eval_batches(samples, mean, std), log=log
+        ),  # fmt: skip
         EpochLog(log, config.epochs),
         stopper,
     ]
@@ -203,6 +205,16 @@ def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback
             raise TrainingInterrupted(folder.path, stop.epoch, last.saved_epoch, config) from None
         except TrainingDiverged as err:
             raise RunDiverged(err, folder.checkpoint, last.saved_epoch) from None
+        except OSError as err:  # a full disk, a folder made read-only: what is safe on disk
+            kept = (
+                f"{folder.checkpoint} keeps epoch {last.saved_epoch}"
+                if last.saved_epoch
+                else "no epoch was saved"
+            )
+            where = Path(err.filename) if err.filename else folder.path
+            raise RunFolderError(
+                where, f"cannot be written ({err.strerror or err}); {kept}"
+            ) from None
     if record.epoch >= config.epochs:
         log(f"{folder.checkpoint} already holds all {config.epochs} epochs")
     return history
@@ -227,19 +239,28 @@ def _finish(start: Start, history: list, folder: RunFolder, log: Log) -> dict[st
     with_tta = " with TTA" if config.tta else ""
     log(f"{name} accuracy{with_tta} {final['accuracy']:.4f} ({final['n']} images)")
     if plots.available():
-        plots.plot_confusion(
-            final["confusion"], start.dataset.classes, folder.path / "confusion.png",
-            title=f"{name} split{with_tta}, accuracy {final['accuracy']:.3f}",
-        )  # fmt: skip
+        try:
+            plots.plot_confusion(
+                final["confusion"], start.dataset.classes, folder.path / "confusion.png",
+                title=f"{name} split{with_tta}, accuracy {final['accuracy']:.3f}",
+            )  # fmt: skip
+        except Exception as err:  # a picture never fails a run
+            log(f"plots: could not draw confusion.png ({type(err).__name__}: {err})")
     return summary
 
 
-def _square_size(dataset: Dataset) -> int:
+def _square_size(dataset: Dataset, config: TrainConfig) -> int:
     h, w = dataset.images.shape[2:]
     if h != w:
         raise ConfigError(
             "image_size", None, f"the images are {h}x{w} (height x width); the models take "
             "square images, so an image size is needed to resize them",
+        )  # fmt: skip
+    smallest = PRESETS[config.model].min_image_size
+    if h < smallest:
+        raise ConfigError(
+            "image_size", None, f"the images are {h}x{w}; the {config.model} preset needs at "
+            f"least {smallest}x{smallest}, so an image size is needed to enlarge them",
         )  # fmt: skip
     return int(h)
 
