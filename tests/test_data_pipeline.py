@@ -211,3 +211,12 @@ def test_dataset_subset_keeps_classes_and_picks_rows():
     assert subset.classes == ["a", "b", "c"] and len(subset) == 3
     np.testing.assert_array_equal(subset.images.ravel(), val)
     np.testing.assert_array_equal(subset.class_counts(), [1, 1, 1])
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero():
+    images = np.zeros((4, 3, 2, 2), np.uint8)
+    images[:, 0] = np.arange(4, dtype=np.uint8)[:, None, None] * 60
+    images[:, 1] = 9
+    mean, std = channel_stats(images)
+    assert std[1] == 1.0 and std[2] == 1.0 and 0 < std[0] < 1
+    assert mean[1] == np.float32(9 / 255)

@@ -128,43 +128,29 @@ def _sizes(text: str) -> str:
     return text
 
 
+# flag -> (type, default, metavar, help) of `xpcnn bench`; store_true flags have type None
+_BENCH_FLAGS: dict[str, tuple[Any, Any, str | None, str]] = {
+    "--models": (_presets, "seed,fast", "NAMES", "presets, comma-separated (default: seed,fast)"),
+    "--batch-sizes": (_sizes, "64,256", "B,B", "comma-separated (default: 64,256)"),
+    "--steps": (_positive_int, 10, "N", "timed steps per round (default: 10)"),
+    "--rounds": (_positive_int, 5, "N", "alternating rounds (default: 5)"),
+    "--threads": (_positive_int, cpu_count(), "N",
+                  "BLAS and PyTorch threads (default: the CPUs this process may use)"),
+    "--no-peer": (None, False, None, "skip PyTorch even if installed"),
+    "--no-tf32": (None, False, None,
+                  "PyTorch on a GPU without TF32 (CuPy uses it only with CUPY_TF32=1)"),
+    "--memory-images": (_number(int, 0, float("inf"), "an integer >= 0"), 0, "N",
+                        "also measure peak memory of a training epoch of N images (0: skip)"),
+    "--json": (str, None, "FILE", "also write the results as JSON"),
+}  # fmt: skip
+
+
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models",
-        type=_presets,
-        default="seed,fast",
-        metavar="NAMES",
-        help="presets, comma-separated (default: seed,fast)",
-    )
-    p.add_argument(
-        "--batch-sizes",
-        type=_sizes,
-        default="64,256",
-        metavar="B,B",
-        help="comma-separated (default: 64,256)",
-    )
-    p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=_positive_int, default=5, help="alternating rounds")
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=cpu_count(),
-        help="BLAS and PyTorch threads (default: the CPUs this process may use)",
-    )
-    p.add_argument("--no-peer", action="store_true", help="skip PyTorch even if installed")
-    p.add_argument(
-        "--no-tf32",
-        action="store_true",
-        help="PyTorch on a GPU without TF32 (CuPy uses it only with CUPY_TF32=1)",
-    )
-    p.add_argument(
-        "--memory-images",
-        type=_number(int, 0, float("inf"), "an integer >= 0"),
-        default=0,
-        metavar="N",
-        help="also measure peak memory of a training epoch of N images (0: skip)",
-    )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")  # fmt: skip
+    for flag, (kind, default, metavar, text) in _BENCH_FLAGS.items():
+        if kind is None:
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
 
 
 def build_parser() -> Parser:

@@ -66,7 +66,8 @@ def train_val_indices(
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) of uint8 images (N, C, H, W) on the [0, 1] scale, float32 (C,).
+    """Per-channel (mean, std) of uint8 images (N, C, H, W) on the [0, 1] scale, float32 (C,);
+    std is 1 for a channel whose values vary by less than one step of 1/255.
 
     Exact and light on memory: a 256-bin histogram per channel, filled a chunk at a time.
     """
@@ -83,4 +84,7 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np
     total = counts.sum(axis=1)
     mean = counts @ values / total
     var = counts @ values**2 / total - mean**2
-    return mean.astype(np.float32), np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+    std = np.sqrt(np.maximum(var, 0.0))
+    # a channel that never varies (a grey set, a constant colour) is centred, not divided by 0
+    std[std < 1.0 / 255.0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
