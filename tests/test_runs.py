@@ -280,3 +280,28 @@ def test_optimizer_state_that_does_not_fit_is_a_record_error(tmp_path, change, e
     with pytest.raises(RecordError, match="optim: does not fit the model") as caught:
         restore_optimizer(checkpoint, optimizer)
     assert expected in str(caught.value) and optimizer.steps == 0
+
+
+def test_a_full_disk_names_the_file_and_the_epoch_that_is_safe(tmp_path, monkeypatch):
+    import errno
+
+    from test_cli import write_folder
+
+    import xpcnn.checkpoint
+    from xpcnn.runs import train
+
+    data = write_folder(tmp_path / "colours", per_class=6)
+    real_savez, calls = np.savez, []
+
+    def savez_until_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # the decoded cache, epoch 1, then a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(*args, **kwargs)
+
+    monkeypatch.setattr(xpcnn.checkpoint.np, "savez", savez_until_full)
+    out = tmp_path / "run"
+    with pytest.raises(RunFolderError, match="No space left on device.*keeps epoch 1"):
+        train({"data": str(data), "epochs": 3, "batch_size": 8}, out)
+    assert json.loads(str(np.load(out / "checkpoint.npz")["meta"][()]))["epoch"] == 1
+    assert not list(out.glob(".*.part"))
