@@ -111,21 +111,9 @@ class ReseedDropout(Callback):
         manual_seed(self.seed, progress.epoch, 2)
 
 
-class StopRequested(Exception):
-    """Raised by StopOnSignal out of `fit`; `epoch` (0-based) is the epoch it stopped in."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"stop requested in epoch {epoch + 1}")
-        self.epoch = epoch
-
-
 class StopOnSignal(Callback):
-    """Inside `catching_sigint()`, Ctrl-C sets a flag and training stops with StopRequested after
-    the step (or checkpoint write) in progress. A second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.epoch = 0
+    """Inside `catching_sigint()`, Ctrl-C asks `fit` to stop after the step (or checkpoint
+    write) in progress (`train.Interrupted`). A second Ctrl-C stops at once."""
 
     @contextmanager
     def catching_sigint(self) -> Iterator[None]:
@@ -134,7 +122,7 @@ class StopOnSignal(Callback):
             return
 
         def request_stop(signum: int, frame: Any) -> None:
-            self.requested = True
+            self.interrupt_requested = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
         previous = signal.signal(signal.SIGINT, request_stop)
@@ -142,21 +130,6 @@ class StopOnSignal(Callback):
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
-
-    def on_epoch_begin(self, progress: Progress) -> None:
-        self.epoch = progress.epoch
-        self._stop_if_requested()
-
-    def on_batch_end(self, progress: Progress) -> None:
-        self._stop_if_requested()
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.epoch = record["epoch"]  # the next epoch, should the stop come now
-        self._stop_if_requested()
-
-    def _stop_if_requested(self) -> None:
-        if self.requested:
-            raise StopRequested(self.epoch)
 
 
 class ModelCheckpoint(Callback):

@@ -18,6 +18,7 @@ from xpcnn import __version__
 from xpcnn.backend import BackendError
 from xpcnn.checkpoint import CheckpointError
 from xpcnn.data import DataError
+from xpcnn.distributed import abort_job, communicator, launched_rank
 from xpcnn.export import DEFAULT_OPSET, MIN_OPSET, ExportError
 from xpcnn.info import cpu_count
 from xpcnn.models import PRESETS
@@ -36,6 +37,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error: `xpcnn: error: <what> (see 'xpcnn train --help')`."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if launched_rank() != 0:  # under mpiexec every rank parses the same flags: one says it
+            self.exit(2)
         self.exit(2, f"xpcnn: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -98,19 +101,15 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=keep, help=text)
         else:
             p.add_argument(flag, type=kind, metavar=metavar, default=keep, help=text)
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="run folder for checkpoints, history and plots (default: runs/<date-time>)",
-    )
+    # fmt: off
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder for checkpoints, history and plots (default: runs/<date-time>)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last completed epoch",
-    )
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last completed epoch")
     again.add_argument("--force", action="store_true",
-                       help="overwrite the run files in an existing --out")  # fmt: skip
+                       help="overwrite the run files in an existing --out")
+    # fmt: on
 
 
 def _presets(text: str) -> str:
@@ -213,20 +212,16 @@ def build_parser() -> Parser:
 
     _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))
 
-    export = add(
-        "export",
-        _export,
-        "write a checkpoint as an ONNX model (uint8 images in, probabilities out)",
-    )
+    # fmt: off
+    export = add("export", _export,
+                 "write a checkpoint as an ONNX model (uint8 images in, probabilities out)")
     export.add_argument("--checkpoint", required=True, metavar="FILE")
     export.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
-    export.add_argument(
-        "--opset",
-        type=_number(int, MIN_OPSET, float("inf"), f"an opset >= {MIN_OPSET}"),
-        metavar="N",
-        help=f"ONNX opset (default: {DEFAULT_OPSET}; from 20 GELU is one operator)",
-    )
-    return parser  # fmt: skip
+    export.add_argument("--opset", metavar="N",
+                        type=_number(int, MIN_OPSET, float("inf"), f"an opset >= {MIN_OPSET}"),
+                        help=f"ONNX opset (default: {DEFAULT_OPSET}; from 20 GELU is one operator)")
+    # fmt: on
+    return parser
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -260,16 +255,20 @@ def _train(args: argparse.Namespace) -> int:
     from xpcnn.train import TrainingDiverged
 
     options = {name: getattr(args, name) for name in TrainConfig.names() if name in args}
+    comm = communicator()
     bar = ProgressBar(file=sys.stderr)
     try:
-        train(options, args.out, resume=args.resume, force=args.force,
+        train(options, args.out, resume=args.resume, force=args.force, comm=comm,
               log=lambda line: print(line, flush=True), callbacks=[bar])  # fmt: skip
     except TrainingDiverged as err:
         bar.close()  # the half-drawn bar, before the message
-        print(f"xpcnn: error: {err} (try a smaller --lr)", file=sys.stderr)
+        if comm.is_root:  # every rank stops at the same step: one says why
+            print(f"xpcnn: error: {err} (try a smaller --lr)", file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:
         bar.close()
+        if not comm.is_root:
+            return 130
         print(f"\nxpcnn: {stop}", file=sys.stderr)
         if stop.saved_epoch:
             command = ["xpcnn", "train", "--data", stop.config.data, "--out", str(stop.out)]
@@ -382,7 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT as err:
         if args.debug:
             raise
-        print(f"xpcnn: error: {_message(err, args.command)}", file=sys.stderr)
+        rank = launched_rank()
+        where = f"rank {rank}: " if rank else ""
+        print(f"xpcnn: error: {where}{_message(err, args.command)}", file=sys.stderr, flush=True)
+        abort_job(2)  # under mpiexec: the other ranks would wait for this one forever
         return 2
     except MemoryError:
         if args.debug:

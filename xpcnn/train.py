@@ -16,7 +16,19 @@ from typing import Any
 import numpy as np
 
 from xpcnn.backend import namespace, synchronize, to_numpy
+from xpcnn.distributed import Single
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
+
+SYNC_EVERY = 20  # steps between the ranks' exchange of progress (loss, accuracy, Ctrl-C)
+
+
+class Interrupted(Exception):
+    """A callback asked to stop now (Ctrl-C): raised out of `fit` after the step in progress;
+    `epoch` (0-based) is the epoch it stopped in. With several ranks all stop at the same step."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"stop requested in epoch {epoch + 1}")
+        self.epoch = epoch
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,26 +63,45 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
     loss_sum: Any = 0.0
     correct: Any = 0
-
     read: tuple[int, dict[str, float]] | None = None  # (batch, values) of the last read
+    comm: Any = field(default_factory=Single)
 
     def running(self) -> dict[str, float]:
+        """Loss, accuracy, lr, images/s so far in the epoch; over all ranks (as of their last
+        exchange, `sync`) when there are several."""
+        if self.comm.size > 1:
+            return self.read[1] if self.read is not None else self._values(0.0, 0.0, 0)
         if self.read is None or self.read[0] != self.batch:
-            seconds = time.perf_counter() - self.started
-            values = {
-                "loss": float(self.loss_sum) / max(self.images, 1),
-                "acc": float(self.correct) / max(self.images, 1),
-                "lr": self.lr,
-                "images_per_s": self.images / max(seconds, 1e-9),
-            }
+            values = self._values(float(self.loss_sum), float(self.correct), self.images)
             self.read = (self.batch, values)
         return self.read[1]
 
+    def sync(self, interrupt: bool) -> bool:
+        """Exchange progress with the other ranks (one small host reduction); True when any
+        rank asks to stop."""
+        loss, correct, images, stops = self.comm.sum(
+            [float(self.loss_sum), float(self.correct), self.images, float(interrupt)]
+        )
+        self.read = (self.batch, self._values(loss, correct, int(images)))
+        return stops > 0
+
+    def _values(self, loss_sum: float, correct: float, images: int) -> dict[str, float]:
+        seconds = time.perf_counter() - self.started
+        return {
+            "loss": loss_sum / max(images, 1),
+            "acc": correct / max(images, 1),
+            "lr": self.lr,
+            "images": images,
+            "images_per_s": images / max(seconds, 1e-9),
+        }
+
 
 class Callback:
-    """Hooks called by `fit`. Set `stop_training = True` to end after the current epoch."""
+    """Hooks called by `fit`. Set `stop_training = True` to end after the current epoch, or
+    `interrupt_requested = True` to stop after the step in progress (`Interrupted`)."""
 
     stop_training = False
+    interrupt_requested = False
 
     def on_train_begin(self, fit_state: dict[str, Any]) -> None: ...
 
@@ -83,12 +114,18 @@ class Callback:
     def on_train_end(self, history: list[dict[str, Any]]) -> None: ...
 
 
-def train_step(model: Any, optimizer: Any, x: Any, y: Any, label_smoothing: float = 0.0):
-    """One step of SGD-family training; returns (summed loss, correct count) on the device."""
+def train_step(
+    model: Any, optimizer: Any, x: Any, y: Any, label_smoothing: float = 0.0, comm: Any = None
+):
+    """One step of SGD-family training; returns (summed loss, correct count) on the device.
+    With a communicator of several ranks, the gradients are those of the mean loss over every
+    rank's batch (one reduction)."""
     logits = model(x)
     loss, grad = cross_entropy(logits, y, label_smoothing)
     model.zero_grad()
     model.backward(grad, input_grad=False)
+    if comm is not None:
+        comm.average_gradients(model, x.shape[0])
     optimizer.step()
     xp = namespace(logits)
     correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
@@ -107,29 +144,36 @@ def fit(
     start_epoch: int = 0,
     history: list[dict[str, Any]] | None = None,
     callbacks: Sequence[Callback] = (),
+    comm: Any = None,
 ) -> list[dict[str, Any]]:
     """Train for epochs [start_epoch, epochs); return the history, one record per epoch.
 
     Each record: epoch (1-based), train_loss, train_acc, val_loss, val_acc (when `val`), lr,
     seconds, images_per_s. Same seed in `train` and same initial weights ⇒ same weights after.
+    comm: an `xpcnn.distributed` communicator for data-parallel training: `train` and `val`
+    are then this rank's shards, and the records are over all ranks.
     """
+    comm = comm if comm is not None else Single()
+    step_comm = comm if comm.size > 1 else None
     history = list(history or [])
     for callback in callbacks:
         callback.on_train_begin({"epochs": epochs, "start_epoch": start_epoch})
     for epoch in range(start_epoch, epochs):
         model.train()
-        progress = Progress(epoch=epoch, batches=len(train))
+        progress = Progress(epoch=epoch, batches=len(train), comm=comm)
         for callback in callbacks:
             callback.on_epoch_begin(progress)
         for x, y in train.epoch(epoch):
             if schedule is not None:
                 optimizer.lr = schedule(optimizer.steps)
             progress.lr = optimizer.lr
-            loss_sum, correct = train_step(model, optimizer, x, y, label_smoothing)
+            loss_sum, correct = train_step(model, optimizer, x, y, label_smoothing, step_comm)
             progress.loss_sum = progress.loss_sum + loss_sum
             progress.correct = progress.correct + correct
             progress.batch += 1
             progress.images += x.shape[0]
+            if _stop_now(progress, callbacks):
+                raise Interrupted(epoch)
             for callback in callbacks:
                 callback.on_batch_end(progress)
         synchronize()
@@ -142,19 +186,35 @@ def fit(
             "train_acc": running["acc"],
             "lr": optimizer.lr,
             "seconds": seconds,
-            "images_per_s": progress.images / max(seconds, 1e-9),
+            "images_per_s": running["images"] / max(seconds, 1e-9),
         }
         if val is not None:
-            scores = evaluate(model, val)
+            scores = evaluate(model, val, comm=comm)
             record["val_loss"], record["val_acc"] = scores["loss"], scores["accuracy"]
         history.append(record)
         for callback in callbacks:
             callback.on_epoch_end(record)
+        asked = any(callback.interrupt_requested for callback in callbacks)
+        if comm.size > 1:  # asked during validation or the checkpoint: decided together
+            asked = comm.sum([float(asked)])[0] > 0
+        if asked and epoch + 1 < epochs:
+            raise Interrupted(epoch + 1)
         if any(callback.stop_training for callback in callbacks):
             break
     for callback in callbacks:
         callback.on_train_end(history)
     return history
+
+
+def _stop_now(progress: Progress, callbacks: Sequence[Callback]) -> bool:
+    """Whether a callback asked to stop now; with several ranks, decided together at each
+    exchange of progress (every SYNC_EVERY steps and at the epoch's end), so all stop at once."""
+    asked = any(callback.interrupt_requested for callback in callbacks)
+    if progress.comm.size == 1:
+        return asked
+    if progress.batch % SYNC_EVERY == 0 or progress.batch == progress.batches:
+        return progress.sync(asked)
+    return False
 
 
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
@@ -166,8 +226,9 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     return log_p
 
 
-def evaluate(model: Any, batches: Any, tta: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over every batch of epoch 0 (evaluation mode)."""
+def evaluate(model: Any, batches: Any, tta: bool = False, comm: Any = None) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over every batch of epoch 0 (evaluation mode); with a
+    communicator, over every rank's batches (each rank holds its own share), counted exactly."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches.epoch(0):
@@ -178,11 +239,8 @@ def evaluate(model: Any, batches: Any, tta: bool = False) -> dict[str, float]:
         correct = correct + xp.sum(xp.astype(hits, xp.int64))
         count += x.shape[0]
     model.train()
-    return {
-        "loss": float(loss_sum) / max(count, 1),
-        "accuracy": float(correct) / max(count, 1),
-        "n": count,
-    }
+    loss, hits, count = (comm or Single()).sum([float(loss_sum), float(correct), count])
+    return {"loss": loss / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count)}
 
 
 def predict(model: Any, batches: Iterable[Any] | Any, tta: bool = False) -> np.ndarray:

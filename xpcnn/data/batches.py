@@ -18,6 +18,10 @@ class Batches:
     augmented by `Generator(seed, e, 1)`: an epoch is reproducible from (seed, e) alone, which is
     what resuming a run exactly needs. Iterating runs epoch 0, 1, 2, ... in turn (or from
     `set_epoch(e)`); `epoch(e)` runs one given epoch.
+
+    shard=(rank, size): data-parallel training on `size` ranks. Every rank forms the same global
+    batches; rank r keeps its contiguous share of each, augmented exactly as one process would
+    have augmented those images. A last batch of fewer images than ranks is left out on all.
     """
 
     def __init__(
@@ -31,6 +35,7 @@ class Batches:
         mean: Any = None,
         std: Any = None,
         augment: AugmentFn | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected at least 1")
@@ -42,7 +47,7 @@ class Batches:
                 f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
             )
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last, self.augment = drop_last, augment
+        self.drop_last, self.augment, self.shard = drop_last, augment, shard
         xp, channels = namespace(self.images), self.images.shape[1]
         mean = (
             xp.zeros(channels, device=device(self.images))
@@ -60,8 +65,10 @@ class Batches:
         self.next_epoch = 0
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, ranks = self.images.shape[0], self.shard[1]
+        if self.drop_last or 0 < n % self.batch_size < ranks:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration run epoch `epoch` (after resuming from a checkpoint)."""
@@ -80,10 +87,33 @@ class Batches:
         else:
             order = xp.arange(n, dtype=xp.int64, device=device(self.images))
         rng = Generator(self.seed, epoch, 1) if self.augment is not None else None
+        rank, ranks = self.shard
         for b in range(len(self)):
             idx = order[b * self.batch_size : min((b + 1) * self.batch_size, n)]
+            draws: Any = rng
+            if ranks > 1:
+                total = idx.shape[0]
+                rows = slice(total * rank // ranks, total * (rank + 1) // ranks)
+                idx, draws = idx[rows], _Rows(rng, total, rows) if rng is not None else None
             x = xp.astype(xp.take(self.images, idx, axis=0), xp.float32)
             x = x * self.scale - self.shift
-            if rng is not None:
-                x = self.augment(x, rng)
+            if draws is not None:
+                x = self.augment(x, draws)
             yield x, xp.take(self.labels, idx, axis=0)
+
+
+class _Rows:
+    """A generator that draws for a whole global batch of `total` images and hands back this
+    rank's `rows`, so each image gets the numbers one process would have drawn for it."""
+
+    def __init__(self, rng: Generator, total: int, rows: slice) -> None:
+        self.rng, self.total, self.rows = rng, total, rows
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
+        return self.rng.uniform((self.total, *shape[1:]), dtype)[self.rows]
+
+    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
+        return self.rng.integers(low, high, (self.total, *shape[1:]))[self.rows]
+
+    def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: Any = "float32") -> Any:
+        return self.rng.normal((self.total, *shape[1:]), std, dtype)[self.rows]

@@ -21,18 +21,18 @@ from xpcnn.callbacks import (
     PlotWriter,
     ReseedDropout,
     StopOnSignal,
-    StopRequested,
     TerminateOnNaN,
 )
 from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Augment, Batches, Dataset, channel_stats, load_dataset, train_val_indices
+from xpcnn.distributed import Single
 from xpcnn.models import PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
 from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
 from xpcnn.runs.scoring import eval_batches, score
-from xpcnn.train import Callback, TrainingDiverged, fit
+from xpcnn.train import Callback, Interrupted, TrainingDiverged, fit
 
 Log = Callable[[str], None]
 SAMPLES = 24  # validation images drawn in samples.png
@@ -83,6 +83,7 @@ def train(
     force: bool = False,
     log: Log = lambda line: None,
     callbacks: Sequence[Callback] = (),
+    comm: Any = None,
 ) -> dict[str, Any]:
     """Train a run in folder `out` (default runs/<date-time>) and return its summary.
 
@@ -92,28 +93,45 @@ def train(
     Raises ConfigError, RunFolderError, CheckpointError, DataError for bad input,
     TrainingDiverged on a NaN/Inf loss and TrainingInterrupted on Ctrl-C; the last completed
     epoch's checkpoint stays.
+    comm: an `xpcnn.distributed` communicator to train data-parallel on its ranks; rank 0
+        alone logs, runs `callbacks` and writes the run folder, and its weights start every rank.
     """
+    comm = comm if comm is not None else Single()
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out = comm.broadcast(out)  # rank 0's clock names the folder
+    if not comm.is_root:
+        start = prepare(options, comm.broadcast(None), lambda line: None, comm)
+        return {"out": out, "history": _fit(start, None, lambda line: None, (), comm)}
     with RunFolder.open(out, resume=resume, force=force) as folder:
-        start = prepare(options, folder.resumed, log)
+        start = prepare(options, comm.broadcast(folder.resumed), log, comm)
         log(f"run folder: {out}")
         folder.start()
         if not plots.available():
             log(plots.MISSING)
-        history = _fit(start, folder, log, callbacks)
+        history = _fit(start, folder, log, callbacks, comm)
         return _finish(start, history, folder, log)
 
 
 def prepare(
-    options: dict[str, Any], resumed: tuple[Checkpoint, RunRecord] | None, log: Log
+    options: dict[str, Any],
+    resumed: tuple[Checkpoint, RunRecord] | None,
+    log: Log,
+    comm: Any = None,
 ) -> Start:
-    """Resolve the settings, load and split the data, build or restore model and optimizer."""
+    """Resolve the settings, load and split the data, build or restore model and optimizer
+    (with several ranks: rank 0 loads the data first, so only it writes the decoded cache,
+    and its weights are broadcast)."""
+    comm = comm if comm is not None else Single()
     if resumed is None:
         config = TrainConfig.resolve(options)
     else:
         checkpoint, stored = resumed
         config = stored.config.resumed(options, stored.epoch, checkpoint.path)
+    if not comm.is_root:
+        comm.barrier()  # rank 0 has decoded (and cached) the data
     dataset = load_dataset(config.data, split="train", size=config.image_size)
+    if comm.is_root:
+        comm.barrier()
     for note in dataset.notes:
         log(f"data: {note}")
     size = _square_size(dataset, config)
@@ -143,12 +161,14 @@ def prepare(
         model = restore_model(checkpoint, record)
         optimizer = make_optimizer(config, model)
         restore_optimizer(checkpoint, optimizer)
+    comm.broadcast_state(model)
     log(
         f"data {config.data}: {len(dataset)} images {size}x{size}, {len(dataset.classes)} "
         f"classes; train {len(train_set)}, validation {len(val_set)}"
     )
+    ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
     log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
-        f"backend {backend_name()}")  # fmt: skip
+        f"backend {backend_name()}{ranks}")  # fmt: skip
     if resumed is None:
         log(str(model.summary((record.model_args["in_channels"], size, size))))
     else:
@@ -163,15 +183,21 @@ def make_optimizer(config: TrainConfig, model: Any) -> Any:
     return OPTIMIZERS[config.optimizer](model, **kwargs)
 
 
-def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback]) -> list:
+def _fit(
+    start: Start, folder: RunFolder | None, log: Log, callbacks: Sequence[Callback], comm: Any
+) -> list:
+    """Train from `start`; with a `folder` (rank 0), write it after every epoch."""
     config, record, model = start.config, start.record, start.model
     mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)
     augment = Augment() if config.augment else None
     train_batches = Batches(
         start.train_set.images, start.train_set.labels, config.batch_size, shuffle=True,
-        seed=config.seed, mean=mean, std=std, augment=augment,
+        seed=config.seed, mean=mean, std=std, augment=augment, shard=(comm.rank, comm.size),
     )  # fmt: skip
-    val_batches = eval_batches(start.val_set, mean, std) if len(start.val_set) else None
+    # validation: each rank scores its contiguous share, the counts are summed
+    share = np.array_split(np.arange(len(start.val_set)), comm.size)[comm.rank]
+    val_set = start.val_set.subset(share)
+    val_batches = eval_batches(val_set, mean, std) if len(start.val_set) else None
     steps = len(train_batches)
     schedule = make_schedule(config.schedule, config.lr, config.epochs * steps, steps)
     history = list(record.history)
@@ -179,44 +205,47 @@ def _fit(start: Start, folder: RunFolder, log: Log, callbacks: Sequence[Callback
     def meta(done: list[dict[str, Any]]) -> dict[str, Any]:
         return record.with_history(done).to_json()
 
-    samples = start.val_set.subset(_sample_picks(start.val_set.labels, SAMPLES))
-    last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history, folder.best)
     stopper = StopOnSignal()
-    all_callbacks = [
-        ReseedDropout(config.seed),
-        TerminateOnNaN(),
-        *callbacks,
-        last,
-        HistoryLogger(folder.path, history),
-        PlotWriter(
-            folder.path, model, history, samples, eval_batches(samples, mean, std), log=log
-        ),  # fmt: skip
-        EpochLog(log, config.epochs),
-        stopper,
-    ]
+    writers: list[Callback] = []
+    last = None
+    if folder is not None:
+        samples = start.val_set.subset(_sample_picks(start.val_set.labels, SAMPLES))
+        last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history,
+                               folder.best)  # fmt: skip
+        writers = [
+            *callbacks,
+            last,
+            HistoryLogger(folder.path, history),
+            PlotWriter(
+                folder.path, model, history, samples, eval_batches(samples, mean, std), log=log
+            ),  # fmt: skip
+            EpochLog(log, config.epochs),
+        ]
+    all_callbacks = [ReseedDropout(config.seed), TerminateOnNaN(), *writers, stopper]
+    out = folder.path if folder is not None else Path(".")
+    checkpoint = out / "checkpoint.npz"
     with np.errstate(over="ignore", invalid="ignore"), stopper.catching_sigint():
         try:
             history = fit(
                 model, train_batches, optimizer=start.optimizer, epochs=config.epochs,
                 schedule=schedule, val=val_batches, label_smoothing=config.label_smoothing,
-                start_epoch=record.epoch, history=history, callbacks=all_callbacks,
+                start_epoch=record.epoch, history=history, callbacks=all_callbacks, comm=comm,
             )  # fmt: skip
-        except StopRequested as stop:
-            raise TrainingInterrupted(folder.path, stop.epoch, last.saved_epoch, config) from None
+        except Interrupted as stop:
+            saved = last.saved_epoch if last is not None else 0
+            raise TrainingInterrupted(out, stop.epoch, saved, config) from None
         except TrainingDiverged as err:
-            raise RunDiverged(err, folder.checkpoint, last.saved_epoch) from None
+            saved = last.saved_epoch if last is not None else 0
+            raise RunDiverged(err, checkpoint, saved) from None
         except OSError as err:  # a full disk, a folder made read-only: what is safe on disk
-            kept = (
-                f"{folder.checkpoint} keeps epoch {last.saved_epoch}"
-                if last.saved_epoch
-                else "no epoch was saved"
-            )
-            where = Path(err.filename) if err.filename else folder.path
+            saved = last.saved_epoch if last is not None else 0
+            kept = f"{checkpoint} keeps epoch {saved}" if saved else "no epoch was saved"
+            where = Path(err.filename) if err.filename else out
             raise RunFolderError(
                 where, f"cannot be written ({err.strerror or err}); {kept}"
             ) from None
     if record.epoch >= config.epochs:
-        log(f"{folder.checkpoint} already holds all {config.epochs} epochs")
+        log(f"{checkpoint} already holds all {config.epochs} epochs")
     return history
 
 

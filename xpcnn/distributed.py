@@ -1,0 +1,171 @@
+"""The communicator of a data-parallel job: the only module that knows there are ranks.
+
+`communicator()` returns `Single()` for one process, or an `MPI` communicator when the process
+was started by `mpiexec` with more than one rank (mpi4py; between CuPy devices NCCL, its unique
+id broadcast over MPI). Training needs four collectives: average the gradients (all of them in
+one buffer, one call per step), sum a few host numbers (progress, validation counts), broadcast
+rank 0's weights, and a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from xpcnn.backend import BackendError, backend_name, device, namespace, to_numpy
+
+# set by the launchers of Open MPI, MPICH / Intel MPI (PMI) and PMIx
+_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+class Single:
+    """One process: every collective is the identity."""
+
+    rank, size, local_rank = 0, 1, 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, model: Any, count: int) -> None:
+        pass
+
+    def sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def broadcast_state(self, model: Any) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        pass
+
+
+class MPI(Single):
+    """mpi4py's COMM_WORLD (MPI's own collectives on host arrays; NCCL between CuPy devices)."""
+
+    def __init__(self) -> None:
+        try:
+            from mpi4py import MPI as mpi
+        except ImportError:
+            raise BackendError(
+                f"started with {_launched_size()} MPI ranks but mpi4py is not installed: "
+                "pip install 'xpcnn[mpi]'"
+            ) from None
+        self.mpi, self.comm = mpi, mpi.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank = local.Get_rank()
+        self.nccl = None
+        if backend_name() == "cupy":
+            self.nccl = _nccl_communicator(self)
+
+    def average_gradients(self, model: Any, count: int) -> None:
+        """Replace each parameter's gradient of this rank's mean loss over its `count` images by
+        the gradient of the mean loss over all ranks' images: Σ count_r · g_r / Σ count_r, in one
+        reduction of one contiguous buffer (the counts travel in its last element)."""
+        grads = list(model.grads().values())
+        xp = namespace(grads[0])
+        flat = [xp.reshape(g, (-1,)) * count for g in grads]
+        flat.append(xp.full((1,), float(count), dtype=grads[0].dtype, device=device(grads[0])))
+        buffer = xp.concat(flat)
+        self._allreduce(buffer)
+        buffer = buffer[:-1] / buffer[-1]
+        start = 0
+        for g in grads:  # write back in place: the optimizer reads these same arrays
+            size = int(np.prod(g.shape))
+            g[...] = xp.reshape(buffer[start : start + size], g.shape)
+            start += size
+
+    def _allreduce(self, buffer: Any) -> None:
+        if self.nccl is not None:
+            self.nccl.allreduce_sum(buffer)
+        elif type(buffer).__module__.startswith("numpy"):
+            self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
+        else:  # other host namespaces: through NumPy, one copy each way
+            host = np.ascontiguousarray(to_numpy(buffer))
+            self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+            buffer[...] = namespace(buffer).asarray(host, device=device(buffer))
+
+    def sum(self, values: list[float]) -> list[float]:
+        host = np.asarray(values, dtype=np.float64)
+        self.comm.Allreduce(self.mpi.IN_PLACE, host, op=self.mpi.SUM)
+        return host.tolist()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object: a path, a checkpoint's arrays) on every rank."""
+        return self.comm.bcast(value if self.rank == 0 else None, root=0)
+
+    def broadcast_state(self, model: Any) -> None:
+        """Every rank takes rank 0's weights and buffers."""
+        state = {k: to_numpy(v) for k, v in model.state_dict().items()}
+        model.load_state_dict(self.comm.bcast(state if self.rank == 0 else None, root=0))
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job (a rank that stops alone would leave the others waiting)."""
+        self.comm.Abort(code)
+
+
+def _launched_size() -> int:
+    return _from_environment(_SIZE_VARIABLES, 1)
+
+
+def abort_job(code: int) -> None:
+    """End every rank of an MPI job this process belongs to (nothing outside one)."""
+    if _launched_size() > 1:
+        try:
+            from mpi4py import MPI as mpi
+        except ImportError:
+            return
+        if mpi.Is_initialized() and not mpi.Is_finalized():
+            mpi.COMM_WORLD.Abort(code)
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher says (0 outside MPI), readable before MPI starts."""
+    return _from_environment(_RANK_VARIABLES, 0)
+
+
+def _from_environment(variables: tuple[str, ...], default: int) -> int:
+    for variable in variables:
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def communicator() -> Single:
+    """`MPI()` when launched by mpiexec with more than one rank, else `Single()`."""
+    return MPI() if _launched_size() > 1 else Single()
+
+
+def _nccl_communicator(mpi: MPI) -> Any:
+    """NCCL between the ranks' GPUs (one per rank, from the local rank unless XPCNN_DEVICE
+    says otherwise), its unique id broadcast over MPI; gradients never leave the device."""
+    import cupy
+    from cupy.cuda import nccl
+
+    if not os.environ.get("XPCNN_DEVICE"):
+        cupy.cuda.Device(mpi.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+    uid = mpi.comm.bcast(nccl.get_unique_id() if mpi.rank == 0 else None, root=0)
+    comm = nccl.NcclCommunicator(mpi.size, uid, mpi.rank)
+
+    class Nccl:
+        def allreduce_sum(self, buffer: Any) -> None:
+            kinds = {np.dtype("float32"): nccl.NCCL_FLOAT32, np.dtype("float64"): nccl.NCCL_FLOAT64}
+            stream = cupy.cuda.get_current_stream().ptr
+            comm.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
+                           kinds[buffer.dtype], nccl.NCCL_SUM, stream)  # fmt: skip
+
+    return Nccl()
