@@ -1,11 +1,16 @@
-"""2-D convolution as one GEMM over im2col rows (channels-last)."""
+"""2-D convolution (channels-last): one GEMM over im2col rows, or Winograd F(m×m, 3×3) for
+3×3 stride-1 layers wide enough for it to pay (`choose_algorithm`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from xpcnn.backend import device, dtype_of, namespace, sliding_windows
+from xpcnn.layers import winograd
 from xpcnn.layers.base import Layer, he_normal, zeros
+
+# "winograd2": F(2×2, 3×3); "winograd4": F(4×4, 3×3); "auto": choose_algorithm by shape
+ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -85,6 +90,19 @@ def col2im(dcols: Any, input_shape: tuple[int, ...], stride: int, pads: tuple) -
     return dx
 
 
+# below this C_in the GEMMs have too short a K for Winograd's transforms to pay (a stem conv)
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def choose_algorithm(kernel: tuple[int, int], stride: int, in_channels: int) -> str:
+    """The faster algorithm for a layer's shape, as measured (BENCHMARKS.md): Winograd needs a
+    3×3 stride-1 kernel, and pays when C_in is wide enough that its GEMMs, not its transforms,
+    dominate."""
+    if kernel != (3, 3) or stride != 1 or in_channels < WINOGRAD_MIN_CHANNELS:
+        return "im2col"
+    return "winograd4"
+
+
 class Conv2D(Layer):
     """y = x ⋆ W + b.   x: (N, H, W, C_in) → y: (N, OH, OW, C_out).
 
@@ -101,12 +119,22 @@ class Conv2D(Layer):
         padding: str | int = "same",
         bias: bool = True,
         dtype: Any = "float32",
+        algorithm: str = "auto",
     ) -> None:
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         resolve_padding(padding, kh, kh, stride)  # reject bad values now, not at the first batch
         if stride < 1:
             raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}"
+            )
+        if algorithm.startswith("winograd") and ((kh, kw) != (3, 3) or stride != 1):
+            raise ValueError(f"algorithm={algorithm!r} needs a 3x3 kernel and stride 1")
+        if algorithm == "auto":
+            algorithm = choose_algorithm((kh, kw), stride, in_channels)
+        self.algorithm = algorithm
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel, self.stride, self.padding = (kh, kw), stride, padding
         dtype = dtype_of(dtype)
@@ -146,6 +174,8 @@ class Conv2D(Layer):
         self.pads = self._pads(h, w)
         self.input_shape = x.shape
         self.y_shape = (n, *self.output_shape(x.shape[1:]))
+        if self.algorithm != "im2col":
+            return self._winograd_forward(x)
         self.cols = im2col(x, self.kernel, self.stride, self.pads)  # kept for backward
         y = self.cols @ self._weight_matrix()
         if "bias" in self.params:
@@ -155,13 +185,15 @@ class Conv2D(Layer):
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_channels))
-        (kh, kw), c = self.kernel, self.in_channels
-        dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
-        self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if "bias" in self.params:
             # Σ over rows as a GEMV: NumPy's axis-0 reduction is ~4x slower
             ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype, device=device(dy2))
             self.accumulate("bias", ones @ dy2)
+        if self.algorithm != "im2col":
+            return self._winograd_backward(dy, input_grad)
+        (kh, kw), c = self.kernel, self.in_channels
+        dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
+        self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if not input_grad:
             return None
         # per offset (i, j): dcols[i, j] = dy @ W[:, :, i, j], a batch of kh·kw GEMMs
@@ -171,6 +203,40 @@ class Conv2D(Layer):
         n, oh, ow, _ = self.y_shape
         dcols = xp.reshape(dcols, (kh, kw, n, oh, ow, c))
         return col2im(dcols, self.input_shape, self.stride, self.pads)
+
+    def _winograd_forward(self, x: Any) -> Any:
+        """y = Aᵀ [V_k @ U_k]_k A with V = Bᵀ d B of each input tile and U = G g Gᵀ."""
+        m = int(self.algorithm[-1])
+        n, h, w, _ = x.shape
+        rows, columns, tiles = winograd.winograd_pads(h, w, self.pads, m)
+        padded = pad_spatial(x, (rows, columns))
+        self.padded_shape = padded.shape
+        self.u = winograd.transform_kernel(self.params["weight"], m)  # kept for backward, with v
+        y, self.v = winograd.forward(padded, self.u, tiles, m)
+        oh, ow = self.y_shape[1:3]
+        if (oh, ow) != y.shape[1:3]:
+            y = y[:, :oh, :ow, :]
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def _winograd_backward(self, dy: Any, input_grad: bool) -> Any:
+        """dM = A dY Aᵀ;  dU_k = V_kᵀ @ dM_k, dg = Gᵀ dU G;  dV_k = dM_k @ U_kᵀ, dx = B dV Bᵀ."""
+        xp = namespace(dy)
+        m = int(self.algorithm[-1])
+        n, oh, ow, c = dy.shape
+        th, tw = winograd.tile_count(oh, m), winograd.tile_count(ow, m)
+        if (oh, ow) != (th * m, tw * m):  # outputs past the real ones: zero gradient
+            full = xp.zeros((n, th * m, tw * m, c), dtype=dy.dtype, device=device(dy))
+            full[:, :oh, :ow, :] = dy
+            dy = full
+        du, dpadded = winograd.backward(self.v, self.u, dy, self.padded_shape, m, input_grad)
+        self.accumulate("weight", winograd.kernel_grad(du, m))
+        if not input_grad:
+            return None
+        (top, _), (left, _) = self.pads
+        _, h, w, _ = self.input_shape
+        return dpadded[:, top : top + h, left : left + w, :]
 
     def extra_repr(self) -> str:
         return (
