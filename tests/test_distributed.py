@@ -15,7 +15,7 @@ from test_cli import write_folder
 
 from xpcnn.backend import to_numpy
 from xpcnn.data import Augment, Batches
-from xpcnn.distributed import Single, communicator
+from xpcnn.distributed import Communicator, communicator
 
 MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
                        f"{os.environ.get('PATH', '')}")  # fmt: skip
@@ -44,7 +44,7 @@ def test_a_last_batch_smaller_than_the_ranks_is_left_out_on_all():
 
 def test_one_process_gets_the_single_communicator():
     comm = communicator()
-    assert isinstance(comm, Single) and (comm.rank, comm.size, comm.is_root) == (0, 1, True)
+    assert isinstance(comm, Communicator) and (comm.rank, comm.size, comm.is_root) == (0, 1, True)
     assert comm.sum([1.0, 2.0]) == [1.0, 2.0]
 
 

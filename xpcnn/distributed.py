@@ -1,8 +1,8 @@
 """The communicator of a data-parallel job: the only module that knows there are ranks.
 
-`communicator()` returns `Single()` for one process, or an `MPI` communicator when the process
-was started by `mpiexec` with more than one rank (mpi4py; between CuPy devices NCCL, its unique
-id broadcast over MPI). Training needs four collectives: average the gradients (all of them in
+`communicator()` returns `Communicator()` for one process, or an `MPI` communicator when the
+process was started by `mpiexec` with more than one rank (mpi4py; between CuPy devices NCCL, its
+unique id broadcast over MPI). Training needs four collectives: average the gradients (all of them in
 one buffer, one call per step), sum a few host numbers (progress, validation counts), broadcast
 rank 0's weights, and a barrier.
 """
@@ -21,8 +21,9 @@ _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 
 
-class Single:
-    """One process: every collective is the identity."""
+class Communicator:
+    """The communicator of one process (rank 0 of 1), where every collective is the identity;
+    `MPI` is the one of several."""
 
     rank, size, local_rank = 0, 1, 0
 
@@ -49,7 +50,7 @@ class Single:
         pass
 
 
-class MPI(Single):
+class MPI(Communicator):
     """mpi4py's COMM_WORLD (MPI's own collectives on host arrays; NCCL between CuPy devices)."""
 
     def __init__(self) -> None:
@@ -145,9 +146,9 @@ def _from_environment(variables: tuple[str, ...], default: int) -> int:
     return default
 
 
-def communicator() -> Single:
-    """`MPI()` when launched by mpiexec with more than one rank, else `Single()`."""
-    return MPI() if _launched_size() > 1 else Single()
+def communicator() -> Communicator:
+    """`MPI()` when launched by mpiexec with more than one rank, else `Communicator()`."""
+    return MPI() if _launched_size() > 1 else Communicator()
 
 
 def _nccl_communicator(mpi: MPI) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from xpcnn.backend import namespace, synchronize, to_numpy
-from xpcnn.distributed import Single
+from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
 
 SYNC_EVERY = 20  # steps between the ranks' exchange of progress (loss, accuracy, Ctrl-C)
@@ -64,7 +64,7 @@ class Progress:
     loss_sum: Any = 0.0
     correct: Any = 0
     read: tuple[int, dict[str, float]] | None = None  # (batch, values) of the last read
-    comm: Any = field(default_factory=Single)
+    comm: Any = field(default_factory=Communicator)
 
     def running(self) -> dict[str, float]:
         """Loss, accuracy, lr, images/s so far in the epoch; over all ranks (as of their last
@@ -153,7 +153,7 @@ def fit(
     comm: an `xpcnn.distributed` communicator for data-parallel training: `train` and `val`
     are then this rank's shards, and the records are over all ranks.
     """
-    comm = comm if comm is not None else Single()
+    comm = comm if comm is not None else Communicator()
     step_comm = comm if comm.size > 1 else None
     history = list(history or [])
     for callback in callbacks:
@@ -239,7 +239,7 @@ def evaluate(model: Any, batches: Any, tta: bool = False, comm: Any = None) -> d
         correct = correct + xp.sum(xp.astype(hits, xp.int64))
         count += x.shape[0]
     model.train()
-    loss, hits, count = (comm or Single()).sum([float(loss_sum), float(correct), count])
+    loss, hits, count = (comm or Communicator()).sum([float(loss_sum), float(correct), count])
     return {"loss": loss / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count)}
 
 

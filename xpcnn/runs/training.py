@@ -25,7 +25,7 @@ from xpcnn.callbacks import (
 )
 from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Augment, Batches, Dataset, channel_stats, load_dataset, train_val_indices
-from xpcnn.distributed import Single
+from xpcnn.distributed import Communicator
 from xpcnn.models import PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
@@ -96,7 +96,7 @@ def train(
     comm: an `xpcnn.distributed` communicator to train data-parallel on its ranks; rank 0
         alone logs, runs `callbacks` and writes the run folder, and its weights start every rank.
     """
-    comm = comm if comm is not None else Single()
+    comm = comm if comm is not None else Communicator()
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     out = comm.broadcast(out)  # rank 0's clock names the folder
     if not comm.is_root:
@@ -121,7 +121,7 @@ def prepare(
     """Resolve the settings, load and split the data, build or restore model and optimizer
     (with several ranks: rank 0 loads the data first, so only it writes the decoded cache,
     and its weights are broadcast)."""
-    comm = comm if comm is not None else Single()
+    comm = comm if comm is not None else Communicator()
     if resumed is None:
         config = TrainConfig.resolve(options)
     else:
