@@ -10,6 +10,7 @@ per gap of the array API standard:
     to_numpy        device array -> host NumPy array
     asarray         host data -> array of the active backend (on its device)
     sliding_windows every kh×kw window of an image batch, a strided view where the library has one
+    for_blocks      an element-wise pass block by block: in cache, and on every core with NumPy
     synchronize     wait for queued device work (timing)
     device_info     name and memory of the device, for `xpcnn info`
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -191,6 +194,41 @@ def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
             cols = slice(j, j + (ow - 1) * stride + 1, stride)
             windows[:, :, :, i, j, :] = x[:, rows, cols, :]
     return windows
+
+
+# for_blocks, as measured (BENCHMARKS.md): a block of 64 Ki float32 elements keeps a chain of
+# element-wise operations in L2; threads pay only where ufuncs outweigh the GIL handoffs between
+# them (GELU's tanh), with blocks of 256 Ki elements
+BLOCK_ELEMENTS = 1 << 16
+THREADED_BLOCK_ELEMENTS = 1 << 18
+THREADS = os.cpu_count() or 1
+
+
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="xpcnn-blocks")
+
+
+def for_blocks(
+    fn: Callable[[int, slice], None], rows: int, row_size: int, xp: Any, threaded: bool = False
+) -> None:
+    """Call fn(i, rows_i) for consecutive row ranges covering range(rows), block i of about
+    BLOCK_ELEMENTS / row_size rows; fn writes its block's results (its rows, or slot i).
+
+    NumPy: the blocks run in order, each block's chain of operations in cache; `threaded`: on a
+    pool of THREADS threads (NumPy releases the GIL inside ufuncs), so the pass uses every core.
+    CuPy: one block (a GPU kernel is parallel already; more blocks only add launches). Other
+    namespaces (array_api_strict, torch): the blocks in order, so CI runs the block path.
+    """
+    size = THREADED_BLOCK_ELEMENTS if threaded and THREADS > 1 else BLOCK_ELEMENTS
+    step = rows if is_cupy(xp) else max(1, size // max(row_size, 1))
+    blocks = [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+    if threaded and is_numpy(xp) and THREADS > 1 and len(blocks) > 1:
+        for _ in _pool(THREADS).map(fn, range(len(blocks)), blocks):
+            pass  # map re-raises a block's exception here
+        return
+    for i, block in enumerate(blocks):
+        fn(i, block)
 
 
 def synchronize() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xpcnn.backend import default_generator, namespace
+from xpcnn.backend import default_generator, for_blocks, namespace
 from xpcnn.layers.base import Layer
 
 
@@ -29,8 +29,8 @@ class GELU(Layer):
     """y = x·Φ(x), tanh form: y = x·h,  h = ½(1 + tanh u),  u = √(2/π)(x + 0.044715x³);
     dy/dx = h + 2h(1 − h)·x·√(2/π)(1 + 3·0.044715x²).
 
-    The array API has no erf, so this is PyTorch's `GELU(approximate="tanh")`. In-place
-    updates keep each full-size pass to one operation.
+    The array API has no erf, so this is PyTorch's `GELU(approximate="tanh")`. The passes run
+    block by block (`for_blocks`: in cache, on every core), with in-place updates.
     """
 
     C = math.sqrt(2.0 / math.pi)
@@ -38,30 +38,47 @@ class GELU(Layer):
 
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
-        u = x * x
-        u *= self.C * self.A
-        u += self.C
-        u *= x
-        self.x = x  # kept for backward, with h
-        self.h = xp.tanh(u)
-        self.h *= 0.5
-        self.h += 0.5
-        return x * self.h
+        x2 = xp.reshape(x, (-1, x.shape[-1]))
+        self.x, self.h = x2, xp.empty_like(x2)  # kept for backward
+        y = xp.empty_like(x2)
+
+        def block(_: int, rows: slice) -> None:
+            xb = x2[rows, ...]
+            u = xb * xb
+            u *= self.C * self.A
+            u += self.C
+            u *= xb
+            h = xp.tanh(u)
+            h *= 0.5
+            h += 0.5
+            self.h[rows, ...] = h
+            y[rows, ...] = xb * h
+
+        for_blocks(block, x2.shape[0], x2.shape[1], xp, threaded=True)
+        return xp.reshape(y, x.shape)
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         if not input_grad:
             return None
-        x, h = self.x, self.h
-        slope = x * x
-        slope *= 6.0 * self.A * self.C
-        slope += 2.0 * self.C
-        slope *= x
-        dx = 1.0 - h
-        dx *= h
-        dx *= slope
-        dx += h
-        dx *= dy
-        return dx
+        xp = namespace(dy)
+        dy2 = xp.reshape(dy, self.x.shape)
+        dx = xp.empty_like(dy2)
+
+        def block(_: int, rows: slice) -> None:
+            x, h = self.x[rows, ...], self.h[rows, ...]
+            slope = x * x
+            slope *= 6.0 * self.A * self.C
+            slope += 2.0 * self.C
+            slope *= x
+            d = 1.0 - h
+            d *= h
+            d *= slope
+            d += h
+            d *= dy2[rows, ...]
+            dx[rows, ...] = d
+
+        for_blocks(block, dy2.shape[0], dy2.shape[1], xp, threaded=True)
+        return xp.reshape(dx, dy.shape)
 
 
 class Dropout(Layer):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import active_device, active_namespace, device, dtype_of, namespace
+from xpcnn.backend import (
+    active_device,
+    active_namespace,
+    device,
+    dtype_of,
+    for_blocks,
+    namespace,
+)
 from xpcnn.layers.base import Layer, ones, zeros
 
 
@@ -14,11 +21,20 @@ def channel_sum(x2: Any) -> Any:
     return xp.ones((x2.shape[0],), dtype=x2.dtype, device=device(x2)) @ x2
 
 
+def sum_in_order(parts: dict[int, Any]) -> Any:
+    """Σ of per-block partial sums in block order, so that threads never change the rounding."""
+    total = parts[0]
+    for i in range(1, len(parts)):
+        total = total + parts[i]
+    return total
+
+
 class _BatchNorm(Layer):
     """y = γ·(x − μ)/√(σ² + ε) + β over the channel axis (last).
 
     Training uses the batch's μ, σ² (biased) and updates running_mean / running_var (unbiased)
-    with `momentum`; evaluation uses the running statistics.
+    with `momentum`; evaluation uses the running statistics. Each pass runs block by block of
+    rows (`for_blocks`), so its chain of operations stays in cache.
     """
 
     axes: tuple[int, ...] = ()
@@ -47,18 +63,35 @@ class _BatchNorm(Layer):
         self.rows = x2.shape[0]
         if self.training:
             mean = channel_sum(x2) / self.rows
-            self.centered = x2 - mean  # kept for backward (x̂ = centered · inv_std)
-            var = channel_sum(self.centered * self.centered) / self.rows
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        self.centered = xp.empty_like(x2)  # kept for backward (x̂ = centered · inv_std)
+        squares: dict[int, Any] = {}
+
+        def center(i: int, rows: slice) -> None:
+            centered = x2[rows, ...] - mean
+            self.centered[rows, ...] = centered
+            if self.training:
+                squares[i] = channel_sum(centered * centered)
+
+        for_blocks(center, self.rows, self.num_features, xp)
+        if self.training:
+            var = sum_in_order(squares) / self.rows
             unbiased = var * (self.rows / max(self.rows - 1, 1))
             m = self.momentum
             self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * unbiased
             self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            self.centered = x2 - mean
         self.inv_std = 1.0 / xp.sqrt(var + self.eps)
-        y = self.centered * (self.inv_std * self.params["weight"]) + self.params["bias"]
+        scale, shift = self.inv_std * self.params["weight"], self.params["bias"]
+        y = xp.empty_like(x2)
+
+        def normalize(_: int, rows: slice) -> None:
+            block = self.centered[rows, ...] * scale
+            block += shift
+            y[rows, ...] = block
+
+        for_blocks(normalize, self.rows, self.num_features, xp)
         return xp.reshape(y, x.shape)
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
@@ -66,8 +99,17 @@ class _BatchNorm(Layer):
         dγ = Σ dy·x̂,  dβ = Σ dy,  dx = γs·(dy − dβ/M − x̂·dγ/M);  in evaluation dx = γs·dy."""
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.num_features))
-        d_bias = channel_sum(dy2)
-        d_weight = channel_sum(dy2 * self.centered) * self.inv_std
+        dy_sums: dict[int, Any] = {}
+        dy_centered_sums: dict[int, Any] = {}
+
+        def sums(i: int, rows: slice) -> None:
+            block = dy2[rows, ...]
+            dy_sums[i] = channel_sum(block)
+            dy_centered_sums[i] = channel_sum(block * self.centered[rows, ...])
+
+        for_blocks(sums, self.rows, self.num_features, xp)
+        d_bias = sum_in_order(dy_sums)
+        d_weight = sum_in_order(dy_centered_sums) * self.inv_std
         self.accumulate("weight", d_weight)
         self.accumulate("bias", d_bias)
         if not input_grad:
@@ -75,12 +117,18 @@ class _BatchNorm(Layer):
         gain = self.params["weight"] * self.inv_std
         if not self.training:
             return xp.reshape(dy2 * gain, dy.shape)
-        # per-channel constants, so each full-size pass is one multiply or add
+        # per-channel constants, so each pass over a block is one multiply or add
         centered_coef = -gain * d_weight * self.inv_std / self.rows
         offset = -gain * d_bias / self.rows
-        dx = dy2 * gain
-        dx += self.centered * centered_coef
-        dx += offset
+        dx = xp.empty_like(dy2)
+
+        def input_gradient(_: int, rows: slice) -> None:
+            block = dy2[rows, ...] * gain
+            block += self.centered[rows, ...] * centered_coef
+            block += offset
+            dx[rows, ...] = block
+
+        for_blocks(input_gradient, self.rows, self.num_features, xp)
         return xp.reshape(dx, dy.shape)
 
     def extra_repr(self) -> str:

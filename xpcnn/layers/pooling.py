@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import device, namespace
+from xpcnn.backend import device, for_blocks, namespace
 from xpcnn.layers.base import Layer
 
 
@@ -47,6 +47,20 @@ class _Pool2D(Layer):
         return f"kernel_size={self.kernel}, stride={self.stride}"
 
 
+# Inputs of at least this many elements are pooled a few images at a time (`for_blocks`): in
+# cache, which pays for the copy into the output at batch 256, not at 64 (BENCHMARKS.md)
+BLOCKED_ELEMENTS = 1 << 22
+
+
+def _window_max(x: Any, windows: list[tuple[slice, slice]]) -> Any:
+    xp = namespace(x)
+    y = None
+    for rows, cols in windows:
+        part = x[:, rows, cols, :]
+        y = part if y is None else xp.maximum(y, part)
+    return y
+
+
 class MaxPool2D(_Pool2D):
     """y = max over each window.   x: (N, H, W, C) → y: (N, OH, OW, C).
 
@@ -58,19 +72,38 @@ class MaxPool2D(_Pool2D):
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
         self.x = x  # kept for backward: which offset held the maximum
-        y = None
-        for rows, cols in self.windows(x.shape):
-            y = x[:, rows, cols, :] if y is None else xp.maximum(y, x[:, rows, cols, :])
-        self.y = y
-        return y
+        n, h, w, c = x.shape
+        windows = self.windows(x.shape)
+        if n * h * w * c < BLOCKED_ELEMENTS:
+            self.y = _window_max(x, windows)
+            return self.y
+        self.y = xp.empty((n, *self.output_shape((h, w, c))), dtype=x.dtype, device=device(x))
+
+        def block(_: int, images: slice) -> None:  # a few images at a time: in cache
+            self.y[images, ...] = _window_max(x[images, ...], windows)
+
+        for_blocks(block, n, h * w * c, xp)
+        return self.y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         if not input_grad:
             return None
         n, h, w, c = self.x.shape
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        if (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0:
-            return self._backward_tiled(dy)
+        tiled = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
+        if tiled and n * h * w * c < BLOCKED_ELEMENTS:
+            return self._backward_tiled(self.x, self.y, dy)
+        if tiled:
+            xp = namespace(dy)
+            dx = xp.empty(self.x.shape, dtype=dy.dtype, device=device(dy))
+
+            def block(_: int, images: slice) -> None:  # a few images at a time: in cache
+                dx[images, ...] = self._backward_tiled(
+                    self.x[images, ...], self.y[images, ...], dy[images, ...]
+                )
+
+            for_blocks(block, n, h * w * c, xp)
+            return dx
         xp = namespace(dy)
         dx = xp.zeros(self.x.shape, dtype=dy.dtype, device=device(dy))
         unclaimed = None
@@ -82,14 +115,14 @@ class MaxPool2D(_Pool2D):
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
         return dx
 
-    def _backward_tiled(self, dy: Any) -> Any:
+    def _backward_tiled(self, x: Any, y: Any, dy: Any) -> Any:
         """Windows that tile the input exactly: x viewed as (N, OH, kh, OW, kw, C), one
         full-size compare and one multiply; ties are settled on the small boolean slices."""
         xp = namespace(dy)
         n, oh, ow, c = dy.shape
         (kh, kw) = self.kernel
         tiles = (n, oh, kh, ow, kw, c)
-        is_max = xp.reshape(self.x, tiles) == xp.reshape(self.y, (n, oh, 1, ow, 1, c))
+        is_max = xp.reshape(x, tiles) == xp.reshape(y, (n, oh, 1, ow, 1, c))
         claimed = None
         for i in range(kh):
             for j in range(kw):
@@ -99,7 +132,7 @@ class MaxPool2D(_Pool2D):
                     is_max[:, :, i, :, j, :] = hit
                 claimed = hit if claimed is None else claimed | hit
         dx = xp.astype(is_max, dy.dtype) * xp.reshape(dy, (n, oh, 1, ow, 1, c))
-        return xp.reshape(dx, self.x.shape)
+        return xp.reshape(dx, x.shape)
 
 
 class AvgPool2D(_Pool2D):

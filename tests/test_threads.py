@@ -1,0 +1,70 @@
+"""Element-wise passes block by block and on a thread pool (`for_blocks`) against one pass."""
+
+import numpy as np
+import pytest
+
+from xpcnn import backend
+from xpcnn.backend import active_namespace, asarray, for_blocks, to_numpy
+from xpcnn.layers import GELU, BatchNorm1D, BatchNorm2D, MaxPool2D, pooling
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_for_blocks_visits_every_row_once_in_blocks_of_the_set_size(threaded, monkeypatch):
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 30)
+    monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 30)
+    monkeypatch.setattr(backend, "THREADS", 2)
+    seen = {}
+    for_blocks(lambda i, rows: seen.update({i: rows}), 23, 10, active_namespace(), threaded)
+    covered = [r for i in sorted(seen) for r in range(seen[i].start, seen[i].stop)]
+    assert covered == list(range(23)) and seen[0] == slice(0, 3)
+
+
+def test_for_blocks_raises_what_a_threaded_block_raises(monkeypatch):
+    monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(backend, "THREADS", 2)
+
+    def fail_on_the_third(i, rows):
+        if i == 2:
+            raise ValueError("block 2")
+
+    with pytest.raises(ValueError, match="block 2"):
+        for_blocks(fail_on_the_third, 5, 1, active_namespace(), threaded=True)
+
+
+def _forward_backward(make, x, dy):
+    layer = make()
+    y = to_numpy(layer(asarray(x)))
+    layer.zero_grad()
+    dx = to_numpy(layer.backward(asarray(dy)))
+    return [y, dx, *(to_numpy(g) for g in layer.grads().values())]
+
+
+LAYERS = [  # (layer maker, input shape): odd sizes, so the last block is a short one
+    (GELU, (5, 7, 3, 4)),
+    (lambda: BatchNorm2D(4, dtype="float64"), (5, 7, 3, 4)),
+    (lambda: BatchNorm2D(4, dtype="float64").eval(), (5, 7, 3, 4)),
+    (lambda: BatchNorm1D(6, dtype="float64"), (37, 6)),
+    (lambda: MaxPool2D(2), (5, 6, 4, 3)),
+    (lambda: MaxPool2D(3, stride=2), (5, 7, 7, 3)),
+]
+
+
+@pytest.mark.parametrize(("make", "shape"), LAYERS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_passes_match_one_pass(make, shape, threads, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    x[0, 0] = x[0, 1]  # ties for max pooling
+    dy = rng.standard_normal(to_numpy(make()(asarray(x))).shape)
+    monkeypatch.setattr(pooling, "BLOCKED_ELEMENTS", 1 << 40)
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 1 << 40)
+    monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 1 << 40)
+    expected = _forward_backward(make, x, dy)
+    monkeypatch.setattr(pooling, "BLOCKED_ELEMENTS", 0)
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 50)  # a few rows or images per block
+    monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(backend, "THREADS", threads)
+    found = _forward_backward(make, x, dy)
+    for a, b in zip(expected, found, strict=True):
+        assert a.shape == b.shape
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12)  # block sums round differently
