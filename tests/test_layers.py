@@ -314,3 +314,13 @@ def test_single_layer_load_state_dict_rejects_a_wrong_shape():
         ValueError, match=r"'weight' has shape \(4, 3, 5, 5\), expected \(4, 3, 3, 3\)"
     ):
         layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("layer", [MaxPool2D(2), MaxPool2D(3, stride=2)], ids=repr)
+def test_maxpool_backward_after_an_evaluation_forward_matches_training(layer):
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal((2, 6, 6, 3)), 1)  # rounded: ties
+    dy = rng.standard_normal(to_numpy(layer(asarray(x))).shape)
+    trained = to_numpy(layer.train()(asarray(x))), to_numpy(layer.backward(asarray(dy)))
+    evaluated = to_numpy(layer.eval()(asarray(x))), to_numpy(layer.backward(asarray(dy)))
+    assert all(np.array_equal(a, b) for a, b in zip(trained, evaluated, strict=True))

@@ -48,7 +48,7 @@ class _Pool2D(Layer):
 
 
 # Inputs of at least this many elements are pooled a few images at a time (`for_blocks`): in
-# cache, which pays for the copy into the output at batch 256, not at 64 (BENCHMARKS.md)
+# cache, which pays for the copies into the outputs at batch 256, not at 64 (BENCHMARKS.md)
 BLOCKED_ELEMENTS = 1 << 22
 
 
@@ -61,78 +61,82 @@ def _window_max(x: Any, windows: list[tuple[slice, slice]]) -> Any:
     return y
 
 
+def _first_max(x: Any, y: Any, kernel: tuple[int, int]) -> Any:
+    """For windows that tile x exactly: a boolean (N, OH, kh, OW, kw, C) that is True at the
+    first maximum of each window; one full-size compare, ties settled on the small slices."""
+    xp = namespace(x)
+    n, oh, ow, c = y.shape
+    kh, kw = kernel
+    is_max = xp.reshape(x, (n, oh, kh, ow, kw, c)) == xp.reshape(y, (n, oh, 1, ow, 1, c))
+    claimed = None
+    for i in range(kh):
+        for j in range(kw):
+            hit = is_max[:, :, i, :, j, :]
+            if claimed is not None:
+                hit = hit & ~claimed
+                is_max[:, :, i, :, j, :] = hit
+            claimed = hit if claimed is None else claimed | hit
+    return is_max
+
+
 class MaxPool2D(_Pool2D):
     """y = max over each window.   x: (N, H, W, C) → y: (N, OH, OW, C).
 
-    The gradient goes to the first maximum of each window (PyTorch's choice for ties).
+    The gradient goes to the first maximum of each window (PyTorch's choice for ties). Windows
+    that tile the input (kernel = stride, the usual pool 2) keep, in training, a boolean mask of
+    those maxima for backward: a quarter of the memory of keeping x, and no compare in backward.
     """
 
     is_max_pool = True
 
+    def _tiles(self, shape: tuple[int, ...]) -> bool:
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        return (sh, sw) == (kh, kw) and shape[1] % kh == 0 and shape[2] % kw == 0
+
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
-        self.x = x  # kept for backward: which offset held the maximum
-        n, h, w, c = x.shape
+        n, h, w, c = self.input_shape = x.shape
         windows = self.windows(x.shape)
+        mask = self.training and self._tiles(x.shape)
         if n * h * w * c < BLOCKED_ELEMENTS:
-            self.y = _window_max(x, windows)
-            return self.y
-        self.y = xp.empty((n, *self.output_shape((h, w, c))), dtype=x.dtype, device=device(x))
+            y = _window_max(x, windows)
+            self.first_max = _first_max(x, y, self.kernel) if mask else None
+        else:
+            y = xp.empty((n, *self.output_shape((h, w, c))), dtype=x.dtype, device=device(x))
+            oh, ow = y.shape[1:3]
+            shape = (n, oh, self.kernel[0], ow, self.kernel[1], c)
+            self.first_max = xp.empty(shape, dtype=xp.bool, device=device(x)) if mask else None
 
-        def block(_: int, images: slice) -> None:  # a few images at a time: in cache
-            self.y[images, ...] = _window_max(x[images, ...], windows)
+            def block(_: int, images: slice) -> None:  # a few images at a time: in cache
+                y[images, ...] = _window_max(x[images, ...], windows)
+                if mask:
+                    self.first_max[images, ...] = _first_max(x[images, ...], y[images, ...],
+                                                             self.kernel)  # fmt: skip
 
-        for_blocks(block, n, h * w * c, xp)
-        return self.y
+            for_blocks(block, n, h * w * c, xp)
+        self.x, self.y = (None, None) if mask else (x, y)  # kept for the other backwards
+        return y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         if not input_grad:
             return None
-        n, h, w, c = self.x.shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        tiled = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
-        if tiled and n * h * w * c < BLOCKED_ELEMENTS:
-            return self._backward_tiled(self.x, self.y, dy)
-        if tiled:
-            xp = namespace(dy)
-            dx = xp.empty(self.x.shape, dtype=dy.dtype, device=device(dy))
-
-            def block(_: int, images: slice) -> None:  # a few images at a time: in cache
-                dx[images, ...] = self._backward_tiled(
-                    self.x[images, ...], self.y[images, ...], dy[images, ...]
-                )
-
-            for_blocks(block, n, h * w * c, xp)
-            return dx
         xp = namespace(dy)
-        dx = xp.zeros(self.x.shape, dtype=dy.dtype, device=device(dy))
+        if self._tiles(self.input_shape):  # after an evaluation forward: no mask kept
+            first_max = self.first_max
+            if first_max is None:
+                first_max = _first_max(self.x, self.y, self.kernel)
+            n, oh, ow, c = dy.shape
+            dy6 = xp.reshape(dy, (n, oh, 1, ow, 1, c))
+            return xp.reshape(xp.astype(first_max, dy.dtype) * dy6, self.input_shape)
+        dx = xp.zeros(self.input_shape, dtype=dy.dtype, device=device(dy))
         unclaimed = None
-        for rows, cols in self.windows(self.x.shape):
+        for rows, cols in self.windows(self.input_shape):
             is_max = self.x[:, rows, cols, :] == self.y
             if unclaimed is not None:
                 is_max = is_max & unclaimed
             dx[:, rows, cols, :] += dy * xp.astype(is_max, dy.dtype)  # `where` is slower
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
         return dx
-
-    def _backward_tiled(self, x: Any, y: Any, dy: Any) -> Any:
-        """Windows that tile the input exactly: x viewed as (N, OH, kh, OW, kw, C), one
-        full-size compare and one multiply; ties are settled on the small boolean slices."""
-        xp = namespace(dy)
-        n, oh, ow, c = dy.shape
-        (kh, kw) = self.kernel
-        tiles = (n, oh, kh, ow, kw, c)
-        is_max = xp.reshape(x, tiles) == xp.reshape(y, (n, oh, 1, ow, 1, c))
-        claimed = None
-        for i in range(kh):
-            for j in range(kw):
-                hit = is_max[:, :, i, :, j, :]
-                if claimed is not None:
-                    hit = hit & ~claimed
-                    is_max[:, :, i, :, j, :] = hit
-                claimed = hit if claimed is None else claimed | hit
-        dx = xp.astype(is_max, dy.dtype) * xp.reshape(dy, (n, oh, 1, ow, 1, c))
-        return xp.reshape(dx, x.shape)
 
 
 class AvgPool2D(_Pool2D):

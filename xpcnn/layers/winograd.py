@@ -167,7 +167,7 @@ def chunk_images(tiles: tuple[int, int], channels: int, m: int, itemsize: int = 
     return max(1, CHUNK_BYTES // per_image)
 
 
-CHUNK_BYTES = 16 << 20  # measured: 8–16 MiB best at batch 256 (BENCHMARKS.md)
+CHUNK_BYTES = 8 << 20  # measured: 8-16 MiB equally fast at batch 256; 8 holds less (BENCHMARKS.md)
 
 
 def forward(padded: Any, u: Any, tiles: tuple[int, int], m: int) -> tuple[Any, list]:
