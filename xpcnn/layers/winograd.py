@@ -64,10 +64,13 @@ def tile_count(size: int, m: int) -> int:
     return -(-size // m)
 
 
-def _kron_g(m: int) -> list[list[float]]:
-    """G ⊗ G as an (α², 9) matrix: U[α·a + b] = Σ_rs G[a][r]·G[b][s]·g[r, s]."""
-    g = TRANSFORMS[m]["G"]
-    return [[float(ga[r] * gb[s]) for r in range(3) for s in range(3)] for ga in g for gb in g]
+def _kron(a: list, b: list) -> list[list[float]]:
+    """a ⊗ b of two small matrices, as nested lists of floats."""
+    return [[float(x * y) for x in row_a for y in row_b] for row_a in a for row_b in b]
+
+
+def _constant(matrix: list, like: Any) -> Any:
+    return namespace(like).asarray(matrix, dtype=like.dtype, device=device(like))
 
 
 def transform_kernel(weight: Any, m: int) -> Any:
@@ -75,16 +78,16 @@ def transform_kernel(weight: Any, m: int) -> Any:
     xp = namespace(weight)
     c_out, c_in = weight.shape[:2]
     g = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (9, c_in * c_out))
-    kron = xp.asarray(_kron_g(m), dtype=weight.dtype, device=device(weight))
-    return xp.reshape(kron @ g, (-1, c_in, c_out))
+    g_kron = _constant(_kron(TRANSFORMS[m]["G"], TRANSFORMS[m]["G"]), weight)  # (α², 9)
+    return xp.reshape(g_kron @ g, (-1, c_in, c_out))
 
 
 def kernel_grad(du: Any, m: int) -> Any:
     """The adjoint of transform_kernel: dU (α², C_in, C_out) → dg (C_out, C_in, 3, 3)."""
     xp = namespace(du)
     alpha2, c_in, c_out = du.shape
-    kron = xp.asarray(_kron_g(m), dtype=du.dtype, device=device(du))
-    dg = kron.T @ xp.reshape(du, (alpha2, c_in * c_out))
+    g_kron = _constant(_kron(TRANSFORMS[m]["G"], TRANSFORMS[m]["G"]), du)
+    dg = g_kron.T @ xp.reshape(du, (alpha2, c_in * c_out))
     return xp.permute_dims(xp.reshape(dg, (3, 3, c_in, c_out)), (3, 2, 0, 1))
 
 
@@ -97,15 +100,6 @@ def winograd_pads(h: int, w: int, pads: tuple, m: int) -> tuple[tuple, tuple, tu
     bottom = m * th + 2 - h - pads[0][0]
     right = m * tw + 2 - w - pads[1][0]
     return (pads[0][0], bottom), (pads[1][0], right), (th, tw)
-
-
-def _kron(a: list, b: list) -> list[list[float]]:
-    """a ⊗ b of two small matrices, as nested lists of floats."""
-    return [[float(x * y) for x in row_a for y in row_b] for row_a in a for row_b in b]
-
-
-def _constant(matrix: list, like: Any) -> Any:
-    return namespace(like).asarray(matrix, dtype=like.dtype, device=device(like))
 
 
 def transform_input(padded: Any, tiles: tuple[int, int], m: int) -> Any:
