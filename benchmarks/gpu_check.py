@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         report.step("The fast preset with its recipe", train, env, timeout=900, tail=8)
         evaluate = [*xpcnn, "eval", "--checkpoint", str(run / "checkpoint.npz"), "--split", "val"]
         report.step("Its validation accuracy", evaluate, env, timeout=300, tail=3)
-    if shutil.which("docker") and _quiet(["docker", "info"]):
+    if args.quick:
+        report.note("CUDA image", "skipped: --quick")
+    elif shutil.which("docker") and _quiet(["docker", "info"]):
         build = ["docker", "build", "-f", "docker/Dockerfile.cuda", "-t", "xpcnn:cuda", "."]
         report.step("CUDA image: build", build, env, timeout=900, tail=5)
         report.step("CUDA image: info", ["docker", "run", "--rm", "--gpus", "all", "xpcnn:cuda",
