@@ -2,9 +2,9 @@
 
 `communicator()` returns `Communicator()` for one process, or an `MPI` communicator when the
 process was started by `mpiexec` with more than one rank (mpi4py; between CuPy devices NCCL, its
-unique id broadcast over MPI). Training needs four collectives: average the gradients (all of them in
-one buffer, one call per step), sum a few host numbers (progress, validation counts), broadcast
-rank 0's weights, and a barrier.
+unique id broadcast over MPI). Training needs four collectives: average the gradients (all of
+them in one buffer, one call per step), sum a few host numbers (progress, validation counts),
+broadcast rank 0's weights, and a barrier.
 """
 
 from __future__ import annotations
