@@ -109,7 +109,7 @@ def _device(backend: str, name: str) -> Any:
         return torch.device(name or "cpu")
     if backend == "array_api_strict":
         info = xp.__array_namespace_info__()
-        devices = {str(d).split("'")[1]: d for d in info.devices()}  # Device('device1')
+        devices = {device_name(d): d for d in info.devices()}
         if name and name not in devices:
             raise _no_device(backend, name, devices)
         return devices[name] if name else info.default_device()
@@ -123,6 +123,13 @@ def _no_device(backend: str, name: str, devices: Any) -> BackendError:
         f"XPCNN_DEVICE={name!r}: the {backend} backend has no such device "
         f"(it has: {', '.join(devices) or 'none'})"
     )
+
+
+def device_name(device: Any) -> str:
+    """A device as XPCNN_DEVICE names it: `cpu`, `cuda:0`, `device1` (array_api_strict's
+    devices print as `Device('device1')`)."""
+    text = str(device)
+    return text.split("'")[1] if "'" in text else text
 
 
 def device(x: Any) -> Any:
@@ -241,7 +248,7 @@ def device_info() -> dict[str, Any]:
     """What the active backend computes on, for `xpcnn info`."""
     device = active_device()  # a BackendError (one line) where the device is missing
     if backend_name() != "cupy":
-        return {"device": str(device).split("'")[1] if "'" in str(device) else str(device)}
+        return {"device": device_name(device)}
     cupy = importlib.import_module("cupy")
     dev = cupy.cuda.Device()
     props = cupy.cuda.runtime.getDeviceProperties(dev.id)
