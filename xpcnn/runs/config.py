@@ -75,9 +75,7 @@ class TrainConfig:
         if "nesterov" not in options:
             settings["nesterov"] = bool(settings["nesterov"]) and settings["momentum"] > 0
         config = cls(**{k: v for k, v in settings.items() if k in cls.names()})
-        if not is_cifar10_name(config.data) and Path(config.data).exists():
-            # absolute, so that evaluating and resuming find it from any folder
-            config = replace(config, data=str(Path(config.data).resolve()))
+        config = replace(config, data=_absolute(config.data))
         config.validate()
         return config
 
@@ -126,9 +124,7 @@ class TrainConfig:
         if epochs < finished:
             raise ConfigError("epochs", epochs, f"the run already finished epoch {finished}")
         data = options.get("data", self.data)
-        if not is_cifar10_name(data) and Path(data).exists():
-            data = str(Path(data).resolve())
-        config = replace(self, epochs=epochs, data=data)
+        config = replace(self, epochs=epochs, data=_absolute(data))
         config.validate()
         return config
 
@@ -145,6 +141,13 @@ class TrainConfig:
         if self.tta:
             parts.append("flip TTA at evaluation")
         return ", ".join(parts)
+
+
+def _absolute(data: str) -> str:
+    """A data path made absolute, so that evaluating and resuming find it from any folder."""
+    if isinstance(data, str) and not is_cifar10_name(data) and Path(data).exists():
+        return str(Path(data).resolve())
+    return data
 
 
 def _int(value: Any) -> bool:
