@@ -353,10 +353,13 @@ def test_fast_preset_trains_with_its_own_recipe(workdir, env, folder):
                    env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     config = meta(out / "checkpoint.npz")["config"]
-    recipe = {k: config[k] for k in ("batch_size", "lr", "label_smoothing", "tta", "epochs")}
-    assert recipe == {"batch_size": 64, "lr": 0.1, "label_smoothing": 0.2, "tta": True,
-                      "epochs": 1}  # fmt: skip
-    assert "label smoothing 0.2, flip TTA at evaluation" in result.stdout
+    recipe = {k: config[k] for k in ("batch_size", "lr", "momentum", "schedule",
+                                      "label_smoothing", "tta", "epochs")}  # fmt: skip
+    assert recipe == {"batch_size": 1024, "lr": 1.5, "momentum": 0.85, "schedule": "triangular",
+                      "label_smoothing": 0.2, "tta": True, "epochs": 1}  # fmt: skip
+    assert "augment crop 2 + alternating flip, label smoothing 0.2, TTA at evaluation" in (
+        result.stdout
+    )
     assert result.stdout.splitlines()[-1].startswith("validation accuracy with TTA")
 
 
@@ -377,4 +380,4 @@ def test_models_lists_each_preset_with_its_size_and_recipe(env):
     result = xpcnn("models", env=env)
     assert result.returncode == 0, result.stderr
     assert "seed: " in result.stdout and "545,098 parameters" in result.stdout
-    assert "recipe: sgd lr 0.1 (onecycle)" in result.stdout  # fast's own recipe
+    assert "recipe: sgd lr 1.5 (triangular)" in result.stdout  # fast's own recipe

@@ -56,12 +56,15 @@ def test_a_preset_brings_its_recipe():
     assert (config.epochs, config.lr, config.label_smoothing, config.tta) == (
         recipe.epochs, recipe.lr, recipe.label_smoothing, recipe.tta,
     )  # fmt: skip
-    assert (config.epochs, config.lr, config.label_smoothing, config.tta) == (14, 0.1, 0.2, True)
+    assert (config.epochs, config.batch_size, config.lr, config.momentum, config.schedule) == (
+        8, 1024, 1.5, 0.85, "triangular",
+    )  # fmt: skip
+    assert PRESETS["fast-v1"].recipe.epochs == 14 and PRESETS["fast-v1"].recipe.lr == 0.1
 
 
 def test_a_chosen_setting_overrides_one_field_of_the_recipe():
     config = TrainConfig.resolve({"model": "fast", "epochs": 3})
-    assert (config.epochs, config.lr, config.label_smoothing) == (3, 0.1, 0.2)
+    assert (config.epochs, config.lr, config.label_smoothing) == (3, 1.5, 0.2)
 
 
 def test_another_optimizer_gets_its_own_default_lr():
@@ -112,7 +115,7 @@ def test_record_round_trips_through_json():
                                 "seconds": 1.0, "images_per_s": 16.0, "val_loss": 0.9,
                                 "val_acc": 0.75})  # fmt: skip
     assert RunRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
-    assert rec.to_json()["schema"] == 2 and rec.best == (1, 0.75)
+    assert rec.to_json()["schema"] == 3 and rec.best == (1, 0.75)
 
 
 def test_best_follows_the_highest_validation_accuracy():
@@ -127,7 +130,19 @@ def test_a_version_1_record_migrates():
     migrated = RunRecord.from_json(V1_META, "v1.npz")
     assert migrated.config.tta is False and migrated.epoch == 2 and migrated.best == (1, 1.0)
     assert migrated.classes == ("blue", "red") and migrated.image_size == 8
-    assert migrated.to_json()["schema"] == 2
+    assert migrated.to_json()["schema"] == 3
+
+
+def test_a_schema_2_fast_run_names_the_network_it_was_trained_as_fast_v1():
+    meta = json.loads(json.dumps(V1_META))
+    meta.update(schema=2, model={"name": "fast", "kwargs": meta["model"]["kwargs"]})
+    meta["config"] = {"tta": True, **meta["config"], "model": "fast"}
+    migrated = RunRecord.from_json(meta, "v2.npz")
+    assert migrated.model == migrated.config.model == "fast-v1"
+    assert migrated.to_json()["schema"] == 3
+    current = RunRecord.from_json(migrated.to_json() | {"model": {"name": "fast",
+                                  "kwargs": dict(migrated.model_args)}}, "v3.npz")  # fmt: skip
+    assert current.model == "fast"  # a schema-3 "fast" is the airbench network
 
 
 def _broken(path: str, value):
@@ -169,7 +184,7 @@ def _broken(path: str, value):
         ("best", [9, 1.0], "best"),
         ("best", "yes", "best"),
         ("train_size", 0, "train_size"),
-        ("schema", 3, "schema"),
+        ("schema", 4, "schema"),
     ],
 )
 def test_a_bad_field_is_one_error_naming_the_file_and_field(path, value, field):

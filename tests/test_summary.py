@@ -11,8 +11,15 @@ def test_seed_summary_totals():
 
 
 def test_fast_summary_totals():
+    # 2x2 whitening conv 3→24 (+bias), 3x3 convs 24→64 (32²), 64→64 (16²), 64→256 (16²),
+    # 256→256 (8², twice), 256→256 (4²), BatchNorm γ, β of 64, 64, 256 x 4, Dense 256→10
     summary = build_model("fast").summary((3, 32, 32))
-    assert (summary.parameters, summary.flops) == (531_960, 103_959_040)
+    parameters = 312 + 13_824 + 36_864 + 147_456 + 3 * 589_824 + 2 * 128 + 4 * 512 + 2_560
+    flops = 2 * (1024 * 24 * 12 + 1024 * 64 * 216 + 256 * 64 * 576 + 256 * 256 * 576
+                 + 2 * 64 * 256 * 2304 + 16 * 256 * 2304 + 2_560)  # fmt: skip
+    assert (summary.parameters, summary.flops) == (parameters, flops) == (1_972_792, 293_147_648)
+    old = build_model("fast-v1").summary((3, 32, 32))
+    assert (old.parameters, old.flops) == (531_960, 103_959_040)
 
 
 def test_seed_summary_output_shapes_are_channels_first_row_by_row():
@@ -76,7 +83,13 @@ def test_summary_rejects_an_image_with_the_wrong_channel_count():
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("seed", (12_257_792, 35_003_904)), ("fast", (103_959_040, 310_550_016))]
+    ("name", "expected"),
+    [
+        ("seed", (12_257_792, 35_003_904)),
+        ("fast-v1", (103_959_040, 310_550_016)),
+        # the whitening conv computes neither its input gradient nor its (frozen) weight's
+        ("fast", (293_147_648, 3 * 293_147_648 - 2 * 2 * 1024 * 24 * 12)),
+    ],
 )
 def test_bench_flops_per_image_are_the_layers_counts(name, expected):
     assert flops_per_image(build_model(name), (3, 32, 32)) == expected

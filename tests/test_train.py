@@ -133,18 +133,25 @@ def test_callback_can_stop_training_and_sees_every_batch():
     assert len(history) == 1 and stopper.batches == 4
 
 
-def test_predict_returns_probabilities_in_order_and_tta_is_flip_invariant():
+def test_predict_returns_probabilities_in_order_and_tta_averages_six_views():
     xpcnn.manual_seed(0)
     images, labels = synthetic(n=20, size=8)
     model = build_model("seed", image_size=8)
     probabilities = predict(model, Batches(images, labels, 8, shuffle=False))
     assert probabilities.shape == (20, 10)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    mirrored = np.ascontiguousarray(images[:, :, :, ::-1])
     with_tta = predict(model, Batches(images, labels, 8, shuffle=False), tta=True)
-    mirrored_tta = predict(model, Batches(mirrored, labels, 8, shuffle=False), tta=True)
-    assert np.allclose(with_tta, mirrored_tta, atol=1e-5)
     assert not np.allclose(probabilities, with_tta)
+    # airbench's views, built here with NumPy's reflect padding: the image and its mirror (1/4
+    # each), both shifted by one pixel up-left and down-right (1/8 each)
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    views = [(images, 0.25), (padded[:, :, 2:, 2:], 0.125), (padded[:, :, :-2, :-2], 0.125)]
+    expected = 0
+    for view, weight in views:
+        for image in (view, view[:, :, :, ::-1]):
+            batches = Batches(np.ascontiguousarray(image), labels, 8, shuffle=False)
+            expected = expected + weight * predict(model, batches)
+    assert np.allclose(with_tta, expected, atol=1e-6)
 
 
 def test_tta_loss_stays_finite_for_confident_models():

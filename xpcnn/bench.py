@@ -29,27 +29,13 @@ from xpcnn.backend import (
     device_memory_bytes,
     manual_seed,
     synchronize,
-    to_numpy,
 )
 from xpcnn.info import system_info
-from xpcnn.layers import (
-    GELU,
-    AvgPool2D,
-    BatchNorm1D,
-    BatchNorm2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAvgPool2D,
-    GlobalMaxPool2D,
-    MaxPool2D,
-    ReLU,
-    Sequential,
-)
+from xpcnn.layers import Sequential
 from xpcnn.models import build_model
 from xpcnn.optim import SGD
 from xpcnn.train import train_step
+from xpcnn.twin import torch_twin
 
 # --- the network as arithmetic -------------------------------------------------------------
 
@@ -59,11 +45,13 @@ def flops_per_image(model: Sequential, image_shape: tuple[int, ...]) -> tuple[in
     (`Layer.flops`: the conv and dense GEMMs, a multiply-add counted as 2).
 
     Training = forward + weight gradient + input gradient, each a GEMM the size of the forward
-    one, less the first layer's input gradient (Sequential.backward skips it in training).
+    one, less the first layer's input gradient (Sequential.backward skips it in training) and
+    the weight gradients of frozen weights (not computed).
     """
     rows = model.summary(image_shape).rows
     forward = sum(row.flops for row in rows)
-    return forward, 3 * forward - rows[0].flops
+    frozen = sum(row.flops for row in rows if "weight" in model[row.index].frozen)
+    return forward, 3 * forward - rows[0].flops - frozen
 
 
 def gemm_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
@@ -85,61 +73,6 @@ def torch_device() -> str:
     """Where the PyTorch twin runs: the GPU xpcnn runs on, else the CPU (like with like)."""
     device = str(device_info()["device"])
     return device if device.startswith("cuda") else "cpu"
-
-
-# --- PyTorch twin ---------------------------------------------------------------------------
-
-
-def torch_twin(model: Sequential) -> Any:
-    """The same network in PyTorch, one module per xpcnn layer (so state-dict keys match),
-    loaded with the same weights."""
-    import torch
-    from torch import nn
-
-    def convert(layer: Any) -> Any:
-        if isinstance(layer, Sequential):
-            return nn.Sequential(*[convert(inner) for inner in layer.layers])
-        if isinstance(layer, Conv2D):
-            padding = layer.padding
-            if padding == "same" and layer.stride > 1:
-                padding = layer.kernel[0] // 2  # odd kernels: the symmetric form of "same"
-            return nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel,
-                stride=layer.stride,
-                padding=padding,
-                bias="bias" in layer.params,
-            )
-        if isinstance(layer, Dense):
-            return nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
-        if isinstance(layer, BatchNorm2D):
-            return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-        if isinstance(layer, BatchNorm1D):
-            return nn.BatchNorm1d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-        if isinstance(layer, MaxPool2D):
-            return nn.MaxPool2d(layer.kernel, layer.stride)
-        if isinstance(layer, AvgPool2D):
-            return nn.AvgPool2d(layer.kernel, layer.stride)
-        simple = {
-            ReLU: nn.ReLU,
-            Flatten: nn.Flatten,
-            GlobalMaxPool2D: lambda: nn.AdaptiveMaxPool2d(1),
-            GlobalAvgPool2D: lambda: nn.AdaptiveAvgPool2d(1),
-            GELU: lambda: nn.GELU(approximate="tanh"),
-        }
-        if isinstance(layer, Dropout):
-            return nn.Dropout(layer.p)
-        for kind, make in simple.items():
-            if isinstance(layer, kind):
-                return make()
-        raise TypeError(f"no PyTorch twin for {type(layer).__name__}")
-
-    twin = convert(model)
-    twin.load_state_dict(
-        {k: torch.from_numpy(np.array(to_numpy(v))) for k, v in model.state_dict().items()}
-    )
-    return twin
 
 
 # --- timing ---------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
     "--nesterov": ("bool", None, "Nesterov momentum for SGD (default: on when momentum > 0)"),
     "--weight-decay": (_non_negative, "W", "(default: the recipe's)"),
     "--label-smoothing": (_fraction, "S", "(default: the recipe's)"),
-    "--augment": ("bool", None, "random crop (pad 4, reflect) and horizontal flip (default: on)"),
-    "--tta": ("bool", None, "score the final model with flip TTA (default: the recipe's)"),
+    "--augment": ("bool", None, "the preset's random crop and horizontal flip (default: on)"),
+    "--tta": ("bool", None, "score the final model with 6-view TTA (default: the recipe's)"),
     "--val-split": (_fraction, "F", "stratified validation fraction of the training images, "
                     f"0 for none (default: {TrainConfig.val_split})"),
     "--seed": (_seed, "N", f"seeds weights, split, subset, shuffling, augmentation (default: "
@@ -184,7 +184,7 @@ def build_parser() -> Parser:
     evaluate.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
-        help="average with the horizontally flipped images (default: the run's recipe)",
+        help="average six views: mirror image, 1-pixel shifts (default: the run's recipe)",
     )
     evaluate.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout, nothing else there"
@@ -207,7 +207,7 @@ def build_parser() -> Parser:
     predict.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
-        help="average with the flipped image (default: the run's recipe)",
+        help="average six views: mirror image, 1-pixel shifts (default: the run's recipe)",
     )
 
     _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))

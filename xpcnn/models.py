@@ -1,5 +1,6 @@
-"""Model presets — a network builder and its training recipe: `seed` (the notebook's network)
-and `fast` (accuracy per FLOP)."""
+"""Model presets — a network builder and its training recipe: `seed` (the notebook's network),
+`fast` (airbench's network and recipe, for accuracy per minute) and `fast-v1` (its predecessor,
+kept so that its checkpoints load)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xpcnn.backend import default_generator
+from xpcnn.data.augment import Augment
 from xpcnn.layers import (
     GELU,
     BatchNorm2D,
@@ -16,7 +19,10 @@ from xpcnn.layers import (
     GlobalMaxPool2D,
     MaxPool2D,
     ReLU,
+    Scale,
     Sequential,
+    identity_init,
+    whitening_init,
 )
 
 
@@ -40,10 +46,11 @@ def seed(
     )
 
 
-def fast(
+def fast_v1(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: int = 16, **kw: Any
 ) -> Sequential:
-    """A small VGG-style network for accuracy per FLOP (after airbench's layout, half as wide):
+    """The first `fast`: a small VGG-style network (airbench's layout at half width, standard
+    initialisation):
 
     stem conv (1.5w) – BN – GELU, then three blocks of widths 3w, 8w, 8w, each
     conv – maxpool 2 – BN – GELU – conv – BN – GELU, then global max pool and a linear head.
@@ -77,6 +84,71 @@ def fast(
     )
 
 
+BIAS_LR_SCALE = 64.0  # airbench's BatchNorm-bias learning-rate multiplier
+
+
+def fast(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: int = 64,
+    **kw: Any,
+) -> Sequential:  # fmt: skip
+    """airbench94's network (Jordan, 2024) with block widths w, 4w, 4w:
+
+    a 2x2 whitening conv (2·C·4 filters set from the data by `init_from_data`, frozen) – GELU,
+    then three blocks conv – maxpool 2 – BN – GELU – conv – BN – GELU, global max pool, a linear
+    head and logits scaled by 1/9. Every 3x3 conv starts as an identity on its first channels
+    (`identity_init`); BatchNorm has no trained scale, its bias learns at 64x the learning rate,
+    momentum 0.4 (PyTorch's convention) and eps 1e-12. The whitening conv pads "same" (one pixel
+    after), so 32x32 images keep 32x32 maps.
+    """
+    whiten = 2 * in_channels * 4
+    widths = (width, 4 * width, 4 * width)
+
+    def conv(cin: int, cout: int) -> Conv2D:
+        layer = Conv2D(cin, cout, 3, padding="same", bias=False, **kw)
+        layer.params["weight"] = torch_default(layer.params["weight"], 9 * cin)
+        identity_init(layer)
+        return layer
+
+    def norm(channels: int) -> BatchNorm2D:
+        layer = BatchNorm2D(channels, eps=1e-12, momentum=0.4, **kw)
+        layer.frozen.add("weight")
+        layer.lr_scales["bias"] = BIAS_LR_SCALE
+        return layer
+
+    def block(cin: int, cout: int) -> list:
+        return [conv(cin, cout), MaxPool2D(2), norm(cout), GELU(),
+                conv(cout, cout), norm(cout), GELU()]  # fmt: skip
+
+    stem = Conv2D(in_channels, whiten, 2, padding="same", bias=True, **kw)
+    stem.frozen.add("weight")
+    head = Dense(widths[2], num_classes, bias=False, **kw)
+    head.params["weight"] = torch_default(head.params["weight"], widths[2])
+    return Sequential(
+        stem,
+        GELU(),
+        *block(whiten, widths[0]),
+        *block(widths[0], widths[1]),
+        *block(widths[1], widths[2]),
+        GlobalMaxPool2D(),
+        Flatten(),  # a no-op on (N, C); keeps state-dict indices those of PyTorch's twin
+        head,
+        Scale(1 / 9),
+    )
+
+
+def torch_default(like: Any, fan_in: int) -> Any:
+    """PyTorch's default weights for Conv2d and Linear, of `like`'s shape and dtype: uniform in
+    ±1/√fan_in (airbench keeps them)."""
+    bound = 1.0 / fan_in**0.5
+    return (2.0 * default_generator().uniform(like.shape, like.dtype) - 1.0) * bound
+
+
+def whiten_first_conv(model: Sequential, images: Any) -> None:
+    """`fast`'s data-dependent initialisation: the first conv whitens the 2x2 patches of
+    `images` (normalised, N x C x H x W; airbench uses 5,000 training images)."""
+    whitening_init(model[0], images)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a preset is trained: the settings a run of it takes unless the caller chooses others.
@@ -94,16 +166,27 @@ class Recipe:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
-    augment: bool = True  # random crop (pad 4, reflect) and horizontal flip
+    augment: bool = True  # the preset's augmentation (Preset.augmentation)
     tta: bool = False
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A network builder and how it is trained. `augmentation`: what `Recipe.augment` turns
+    on; `alternate_flip`: each image mirrored on every other epoch (from a random first epoch)
+    instead of at random; `init_from_data(model, images)`: run on a fresh model with up to
+    `INIT_IMAGES` normalised training images before training."""
+
     build: Callable[..., Sequential]
     recipe: Recipe
     description: str
     min_image_size: int  # its pooling halves the image this many times (log2)
+    augmentation: Augment = Augment()
+    alternate_flip: bool = False
+    init_from_data: Callable[[Sequential, Any], None] | None = None
+
+
+INIT_IMAGES = 5000
 
 
 PRESETS = {
@@ -115,8 +198,28 @@ PRESETS = {
     ),
     "fast": Preset(
         fast,
+        # airbench94's optimizer settings for the mean loss: lr 11.5 per 1024 images / (1 +
+        # 1/(1 - 0.85)), weight decay 0.0153 / 11.5
+        Recipe(
+            epochs=8,
+            batch_size=1024,
+            lr=1.5,
+            momentum=0.85,
+            weight_decay=0.0153 / 11.5,
+            schedule="triangular",
+            label_smoothing=0.2,
+            tta=True,
+        ),  # fmt: skip
+        "airbench94's network and recipe: whitening conv, conv-BN-GELU blocks 64-256-256",
+        min_image_size=8,  # three 2x2 pools
+        augmentation=Augment(crop_padding=2, flip=False),
+        alternate_flip=True,
+        init_from_data=whiten_first_conv,
+    ),
+    "fast-v1": Preset(
+        fast_v1,
         Recipe(epochs=14, lr=0.1, label_smoothing=0.2, tta=True),  # 88.5% with TTA, 14 epochs
-        "VGG-style, airbench's layout at half width: conv-BN-GELU blocks, global max pool",
+        "the first fast (xpcnn 0.1): airbench's layout at half width, standard initialisation",
         min_image_size=8,  # three 2x2 pools
     ),
 }

@@ -32,12 +32,17 @@ class Optimizer:
         return self.slots[key]
 
     def step(self) -> None:
+        """Update every parameter the model does not freeze. A parameter with learning-rate
+        scale s takes lr·s and weight decay λ/s: its weight-decay step lr·λ·θ is unscaled."""
         self.steps += 1
         grads = self.model.grads()
+        scales = dict(self.model.named_lr_scales())
         for name, param in self.model.named_parameters():
-            self.update(name, param, grads[name])
+            scale = scales.get(name, 1.0)
+            if scale > 0:
+                self.update(name, param, grads[name], self.lr * scale, self.weight_decay / scale)
 
-    def update(self, name: str, param: Any, grad: Any) -> None:
+    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -96,15 +101,15 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
 
-    def update(self, name: str, param: Any, grad: Any) -> None:
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
+    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
+        if weight_decay:
+            grad = grad + weight_decay * param
         if self.momentum:
             velocity = self.slot("momentum", name, param)
             velocity *= self.momentum
             velocity += grad
             grad = grad + self.momentum * velocity if self.nesterov else velocity
-        param -= self.lr * grad
+        param -= lr * grad
 
 
 class Adam(Optimizer):
@@ -127,13 +132,13 @@ class Adam(Optimizer):
         super().__init__(model, lr, weight_decay)
         self.betas, self.eps = betas, eps
 
-    def update(self, name: str, param: Any, grad: Any) -> None:
+    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
         xp = namespace(param)
         beta1, beta2 = self.betas
-        if self.weight_decay and self.decoupled:
-            param *= 1.0 - self.lr * self.weight_decay
-        elif self.weight_decay:
-            grad = grad + self.weight_decay * param
+        if weight_decay and self.decoupled:
+            param *= 1.0 - lr * weight_decay
+        elif weight_decay:
+            grad = grad + weight_decay * param
         m = self.slot("exp_avg", name, param)
         v = self.slot("exp_avg_sq", name, param)
         m *= beta1
@@ -142,7 +147,7 @@ class Adam(Optimizer):
         v += (1.0 - beta2) * grad * grad
         m_hat_scale = 1.0 / (1.0 - beta1**self.steps)
         v_hat_scale = 1.0 / (1.0 - beta2**self.steps)
-        param -= self.lr * (m * m_hat_scale) / (xp.sqrt(v * v_hat_scale) + self.eps)
+        param -= lr * (m * m_hat_scale) / (xp.sqrt(v * v_hat_scale) + self.eps)
 
 
 class AdamW(Adam):
@@ -228,12 +233,31 @@ class OneCycle:
         return _cosine(self.max_lr, self.min_lr, (step - self.peak_step) / span)
 
 
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+class Triangular:
+    """Linear from lr·start up to lr over the first `peak` of the steps, then linear down to
+    lr·end at the last step (airbench's triangular schedule: 0.2, 0.23, 0.07)."""
+
+    def __init__(
+        self, lr: float, total_steps: int, peak: float = 0.23, start: float = 0.2,
+        end: float = 0.07,
+    ) -> None:  # fmt: skip
+        self.lr, self.total_steps = lr, max(total_steps, 1)
+        self.peak_step, self.start, self.end = int(peak * self.total_steps), start, end
+
+    def __call__(self, step: int) -> float:
+        if step < self.peak_step:
+            return self.lr * (self.start + (1.0 - self.start) * step / self.peak_step)
+        span = max(self.total_steps - self.peak_step, 1)
+        fraction = min((step - self.peak_step) / span, 1.0)
+        return self.lr * (1.0 + (self.end - 1.0) * fraction)
+
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "triangular")
 
 
 def make_schedule(name: str, lr: float, total_steps: int, steps_per_epoch: int) -> Any:
     """A schedule by name (SCHEDULES): constant, step (×0.1 every third of training), cosine
-    (one-epoch warm-up, at most a tenth of training), onecycle."""
+    (one-epoch warm-up, at most a tenth of training), onecycle, triangular."""
     if name == "constant":
         return Constant(lr)
     if name == "step":
@@ -242,4 +266,6 @@ def make_schedule(name: str, lr: float, total_steps: int, steps_per_epoch: int) 
         return Cosine(lr, total_steps, warmup_steps=min(steps_per_epoch, total_steps // 10))
     if name == "onecycle":
         return OneCycle(lr, total_steps)
+    if name == "triangular":
+        return Triangular(lr, total_steps)
     raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import namespace, synchronize, to_numpy
+from xpcnn.backend import device, namespace, synchronize, to_numpy
 from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
 
@@ -218,12 +218,34 @@ def _stop_now(progress: Progress, callbacks: Sequence[Callback]) -> bool:
 
 
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
-    log_p = log_softmax(model(x))
-    if tta:  # average the probabilities of the image and its mirror image, in log space
-        xp = namespace(x)
-        flipped = log_softmax(model(xp.flip(x, axis=3)))
-        log_p = xp.logaddexp(log_p, flipped) - math.log(2.0)
-    return log_p
+    """log p(class | x); with `tta`, of the average over six views (airbench's multi-crop TTA):
+    the image and its mirror image (weight 1/4 each), and both of those shifted one pixel
+    up-left and down-right with reflected borders (1/8 each)."""
+    if not tta:
+        return log_softmax(model(x))
+    xp = namespace(x)
+    views = [(x, 0.25)] + [(shift(x, step), 0.125) for step in (-1, 1)]
+    parts = []
+    for view, weight in views:
+        for image in (view, xp.flip(view, axis=3)):
+            parts.append(log_softmax(model(image)) + math.log(weight))
+    total = parts[0]
+    for part in parts[1:]:  # Σ weight·p in log space
+        total = xp.logaddexp(total, part)
+    return total
+
+
+def shift(x: Any, step: int) -> Any:
+    """x (N, C, H, W) moved `step` pixels down and right (up and left when negative): out[i, j]
+    = x[i − step, j − step], the border reflected (without repeating the edge)."""
+    xp = namespace(x)
+    h, w = x.shape[2:]
+
+    def source(size: int) -> Any:
+        index = xp.arange(size, dtype=xp.int64, device=device(x)) - step
+        return (size - 1) - xp.abs((size - 1) - xp.abs(index))  # reflect into [0, size)
+
+    return xp.take(xp.take(x, source(h), axis=2), source(w), axis=3)
 
 
 def evaluate(model: Any, batches: Any, tta: bool = False, comm: Any = None) -> dict[str, float]:

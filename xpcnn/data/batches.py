@@ -19,6 +19,10 @@ class Batches:
     what resuming a run exactly needs. Iterating runs epoch 0, 1, 2, ... in turn (or from
     `set_epoch(e)`); `epoch(e)` runs one given epoch.
 
+    alternate_flip: image i is mirrored in epoch e when flips[i] XOR (e odd), flips[i] drawn once
+    by `Generator(seed, 0, 2)`: each image is seen both ways in any two epochs in a row
+    (airbench's alternating flip), instead of a coin per image and epoch.
+
     shard=(rank, size): data-parallel training on `size` ranks. Every rank forms the same global
     batches; rank r keeps its contiguous share of each, augmented exactly as one process would
     have augmented those images. A last batch of fewer images than ranks is left out on all.
@@ -36,6 +40,7 @@ class Batches:
         std: Any = None,
         augment: AugmentFn | None = None,
         shard: tuple[int, int] = (0, 1),
+        alternate_flip: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected at least 1")
@@ -62,6 +67,9 @@ class Batches:
         # (x / 255 - mean) / std  ==  x * scale - shift: one multiply, one subtract per pixel
         self.scale = xp.astype(xp.reshape(1.0 / (255.0 * std), (1, channels, 1, 1)), xp.float32)
         self.shift = xp.astype(xp.reshape(mean / std, (1, channels, 1, 1)), xp.float32)
+        self.flips = (
+            Generator(seed, 0, 2).uniform((self.images.shape[0],)) < 0.5 if alternate_flip else None
+        )
         self.next_epoch = 0
 
     def __len__(self) -> int:
@@ -97,6 +105,9 @@ class Batches:
                 idx, draws = idx[rows], _Rows(rng, total, rows) if rng is not None else None
             x = xp.astype(xp.take(self.images, idx, axis=0), xp.float32)
             x = x * self.scale - self.shift
+            if self.flips is not None:
+                flip = xp.take(self.flips, idx, axis=0) ^ (epoch % 2 == 1)
+                x = xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
             if draws is not None:
                 x = self.augment(x, draws)
             yield x, xp.take(self.labels, idx, axis=0)

@@ -41,6 +41,7 @@ from xpcnn.layers import (
     Layer,
     MaxPool2D,
     ReLU,
+    Scale,
     Sequential,
 )
 from xpcnn.layers.conv import resolve_padding
@@ -158,6 +159,10 @@ def _gelu(g: _Graph, layer: GELU, x: str, shape: tuple, name: str) -> str:
     return g.node("Mul", [x, h], f"{name}.gelu")
 
 
+def _scale(g: _Graph, layer: Scale, x: str, shape: tuple, name: str) -> str:
+    return g.node("Mul", [x, g.constant(f"{name}.factor", layer.factor)], f"{name}.scale")
+
+
 def _flatten(g: _Graph, layer: Flatten, x: str, shape: tuple, name: str) -> str:
     if len(shape) == 1:
         return x  # (N, F) stays as it is
@@ -183,6 +188,7 @@ EXPORTERS: dict[type, Exporter] = {
     BatchNorm1D: _batch_norm,
     ReLU: _relu,
     GELU: _gelu,
+    Scale: _scale,
     Flatten: _flatten,
     Dropout: _identity,
     Sequential: _sequential,

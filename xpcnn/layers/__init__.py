@@ -4,10 +4,11 @@ Spatial layers work channels-last, (N, H, W, C); `Sequential` takes and returns 
 (N, C, H, W) at its boundary.
 """
 
-from xpcnn.layers.activations import GELU, Dropout, ReLU
+from xpcnn.layers.activations import GELU, Dropout, ReLU, Scale
 from xpcnn.layers.base import Layer, Sequential
 from xpcnn.layers.conv import Conv2D
 from xpcnn.layers.dense import Dense
+from xpcnn.layers.init import identity_init, whitening_init
 from xpcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from xpcnn.layers.pooling import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 from xpcnn.layers.reshape import Flatten
@@ -27,7 +28,10 @@ __all__ = [
     "Layer",
     "MaxPool2D",
     "ReLU",
+    "Scale",
     "Sequential",
     "Summary",
     "SummaryRow",
+    "identity_init",
+    "whitening_init",
 ]

@@ -1,4 +1,4 @@
-"""Element-wise activations and dropout."""
+"""Element-wise layers: activations, a constant scale, dropout."""
 
 from __future__ import annotations
 
@@ -79,6 +79,23 @@ class GELU(Layer):
 
         for_blocks(block, dy2.shape[0], dy2.shape[1], xp, threaded=True)
         return xp.reshape(dx, dy.shape)
+
+
+class Scale(Layer):
+    """y = s·x for a constant s;  dy/dx = s (airbench scales its logits by 1/9)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: Any) -> Any:
+        return x * self.factor
+
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        return dy * self.factor if input_grad else None
+
+    def extra_repr(self) -> str:
+        return f"{self.factor:g}"
 
 
 class Dropout(Layer):

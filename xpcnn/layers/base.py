@@ -45,6 +45,10 @@ class Layer:
     parameter gradients and returns dL/dx. `params` are trained, `buffers` are state that is
     saved but not trained; both are saved by `state_dict` under their names.
 
+    `frozen` names parameters the optimizer leaves alone (PyTorch's requires_grad=False): saved,
+    never updated, their gradients not computed. `lr_scales` maps a parameter name to a
+    multiplier of its learning rate (the optimizer keeps its weight-decay step unscaled).
+
     Shapes given to `output_shape` and `flops` are one image's, channels-last: (H, W, C) for
     feature maps, (F,) for features.
     """
@@ -59,6 +63,8 @@ class Layer:
         self.params: OrderedDict[str, Any] = OrderedDict()
         self.buffers: OrderedDict[str, Any] = OrderedDict()
         self.gradients: dict[str, Any] = {}
+        self.frozen: set[str] = set()
+        self.lr_scales: dict[str, float] = {}
         self.training = True
 
     def __call__(self, x: Any) -> Any:
@@ -108,6 +114,12 @@ class Layer:
 
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         yield from self.params.items()
+
+    def named_lr_scales(self) -> Iterator[tuple[str, float]]:
+        """Each parameter's learning-rate multiplier: 0 when frozen, else its `lr_scales` entry
+        (default 1)."""
+        for name in self.params:
+            yield name, 0.0 if name in self.frozen else float(self.lr_scales.get(name, 1.0))
 
     def named_gradients(self) -> Iterator[tuple[str, Any]]:
         for name, value in self.params.items():
@@ -270,6 +282,9 @@ class Sequential(Layer):
 
     def named_gradients(self) -> Iterator[tuple[str, Any]]:
         return self._named("named_gradients")
+
+    def named_lr_scales(self) -> Iterator[tuple[str, float]]:
+        return self._named("named_lr_scales")
 
     def named_state(self) -> Iterator[tuple[str, Any]]:
         return self._named("named_state")

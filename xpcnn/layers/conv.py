@@ -192,8 +192,9 @@ class Conv2D(Layer):
         if self.algorithm != "im2col":
             return self._winograd_backward(dy, input_grad)
         (kh, kw), c = self.kernel, self.in_channels
-        dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
-        self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
+        if "weight" not in self.frozen:
+            dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
+            self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if not input_grad:
             return None
         # per offset (i, j): dcols[i, j] = dy @ W[:, :, i, j], a batch of kh·kw GEMMs
@@ -231,7 +232,8 @@ class Conv2D(Layer):
             full[:, :oh, :ow, :] = dy
             dy = full
         du, dpadded = winograd.backward(self.v, self.u, dy, self.padded_shape, m, input_grad)
-        self.accumulate("weight", winograd.kernel_grad(du, m))
+        if "weight" not in self.frozen:
+            self.accumulate("weight", winograd.kernel_grad(du, m))
         if not input_grad:
             return None
         (top, _), (left, _) = self.pads

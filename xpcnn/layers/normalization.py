@@ -110,8 +110,9 @@ class _BatchNorm(Layer):
         for_blocks(sums, self.rows, self.num_features, xp)
         d_bias = sum_in_order(dy_sums)
         d_weight = sum_in_order(dy_centered_sums) * self.inv_std
-        self.accumulate("weight", d_weight)
-        self.accumulate("bias", d_bias)
+        for name, grad in (("weight", d_weight), ("bias", d_bias)):
+            if name not in self.frozen:
+                self.accumulate(name, grad)
         if not input_grad:
             return None
         gain = self.params["weight"] * self.inv_std

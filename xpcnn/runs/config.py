@@ -51,8 +51,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
-    augment: bool = True  # random crop (pad 4, reflect) and horizontal flip
-    tta: bool = False  # the final evaluation averages each image with its mirror image
+    augment: bool = True  # the preset's augmentation: random crop and horizontal flip
+    tta: bool = False  # the final evaluation averages six views: mirror image, 1-pixel shifts
     val_split: float = 0.2
     seed: int = 42
     limit: int | None = None  # train on a stratified subset of this many training images
@@ -135,11 +135,14 @@ class TrainConfig:
             parts.append(f"{'nesterov ' if self.nesterov else ''}momentum {self.momentum:g}")
         parts.append(f"weight decay {self.weight_decay:g}")
         parts.append(f"batch {self.batch_size}, {self.epochs} epoch{'s' * (self.epochs != 1)}")
-        parts.append("augment crop+flip" if self.augment else "no augmentation")
+        preset = PRESETS[self.model]
+        flip = "alternating flip" if preset.alternate_flip else "flip"
+        crop = preset.augmentation.crop_padding
+        parts.append(f"augment crop {crop} + {flip}" if self.augment else "no augmentation")
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.tta:
-            parts.append("flip TTA at evaluation")
+            parts.append("TTA at evaluation")
         return ", ".join(parts)
 
 

@@ -24,9 +24,9 @@ from xpcnn.callbacks import (
     TerminateOnNaN,
 )
 from xpcnn.checkpoint import Checkpoint
-from xpcnn.data import Augment, Batches, Dataset, channel_stats, load_dataset, train_val_indices
+from xpcnn.data import Batches, Dataset, channel_stats, load_dataset, train_val_indices
 from xpcnn.distributed import Communicator
-from xpcnn.models import PRESETS, build_model
+from xpcnn.models import INIT_IMAGES, PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
@@ -154,6 +154,7 @@ def prepare(
             backend=backend_name(),
         )  # fmt: skip
         model = build_model(record.model, **record.model_args)
+        _init_from_data(model, config, train_set, mean, std)
         optimizer = make_optimizer(config, model)
     else:
         checkpoint, stored = resumed
@@ -176,6 +177,20 @@ def prepare(
     return Start(config, record, dataset, train_set, val_set, model, optimizer)
 
 
+def _init_from_data(
+    model: Any, config: TrainConfig, train_set: Dataset, mean: Any, std: Any
+) -> None:
+    """The preset's data-dependent initialisation, from up to INIT_IMAGES training images spread
+    evenly over the training split, normalised as training sees them."""
+    init = PRESETS[config.model].init_from_data
+    if init is None:
+        return
+    step = max(len(train_set) // INIT_IMAGES, 1)
+    sample = train_set.subset(np.arange(0, len(train_set), step)[:INIT_IMAGES])
+    x, _ = next(eval_batches(sample, mean, std, batch_size=len(sample)).epoch(0))
+    init(model, x)
+
+
 def make_optimizer(config: TrainConfig, model: Any) -> Any:
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
@@ -189,10 +204,12 @@ def _fit(
     """Train from `start`; with a `folder` (rank 0), write it after every epoch."""
     config, record, model = start.config, start.record, start.model
     mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)
-    augment = Augment() if config.augment else None
+    preset = PRESETS[config.model]
+    augment = preset.augmentation if config.augment else None
     train_batches = Batches(
         start.train_set.images, start.train_set.labels, config.batch_size, shuffle=True,
         seed=config.seed, mean=mean, std=std, augment=augment, shard=(comm.rank, comm.size),
+        alternate_flip=config.augment and preset.alternate_flip,
     )  # fmt: skip
     # validation: each rank scores its contiguous share, the counts are summed
     share = np.array_split(np.arange(len(start.val_set)), comm.size)[comm.rank]
