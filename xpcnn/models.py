@@ -174,8 +174,10 @@ class Recipe:
 class Preset:
     """A network builder and how it is trained. `augmentation`: what `Recipe.augment` turns
     on; `alternate_flip`: each image mirrored on every other epoch (from a random first epoch)
-    instead of at random; `init_from_data(model, images)`: run on a fresh model with up to
-    `INIT_IMAGES` normalised training images before training."""
+    instead of at random; `drop_last`: an epoch leaves out its last, partial batch (at a large
+    learning rate, a step on a few images and their BatchNorm statistics set the model back);
+    `init_from_data(model, images)`: run on a fresh model with up to `INIT_IMAGES` normalised
+    training images before training."""
 
     build: Callable[..., Sequential]
     recipe: Recipe
@@ -183,6 +185,7 @@ class Preset:
     min_image_size: int  # its pooling halves the image this many times (log2)
     augmentation: Augment = Augment()
     alternate_flip: bool = False
+    drop_last: bool = False
     init_from_data: Callable[[Sequential, Any], None] | None = None
 
 
@@ -214,6 +217,7 @@ PRESETS = {
         min_image_size=8,  # three 2x2 pools
         augmentation=Augment(crop_padding=2, flip=False),
         alternate_flip=True,
+        drop_last=True,
         init_from_data=whiten_first_conv,
     ),
     "fast-v1": Preset(

@@ -210,6 +210,7 @@ def _fit(
         start.train_set.images, start.train_set.labels, config.batch_size, shuffle=True,
         seed=config.seed, mean=mean, std=std, augment=augment, shard=(comm.rank, comm.size),
         alternate_flip=config.augment and preset.alternate_flip,
+        drop_last=preset.drop_last and len(start.train_set) >= config.batch_size,
     )  # fmt: skip
     # validation: each rank scores its contiguous share, the counts are summed
     share = np.array_split(np.arange(len(start.val_set)), comm.size)[comm.rank]
