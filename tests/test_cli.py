@@ -381,3 +381,18 @@ def test_models_lists_each_preset_with_its_size_and_recipe(env):
     assert result.returncode == 0, result.stderr
     assert "seed: " in result.stdout and "545,098 parameters" in result.stdout
     assert "recipe: sgd lr 1.5 (triangular)" in result.stdout  # fast's own recipe
+
+
+def test_bench_profile_times_every_layer_of_the_network(env):
+    from xpcnn.bench import layer_profile
+    from xpcnn.models import build_model
+
+    model = build_model("fast", width=4, image_size=8)
+    rows = layer_profile(model, 4, (3, 8, 8), rounds=1)
+    assert [name.split()[0] for name, _, _ in rows] == [str(i) for i in model.execution_order()]
+    assert all(forward > 0 and backward > 0 for _, forward, backward in rows)
+    result = xpcnn("bench", "--models", "seed", "--batch-sizes", 8, "--steps", 1, "--rounds", 1,
+                   "--no-peer", "--profile", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0 Conv2D" in result.stdout and "9 Dense" in result.stdout
+    assert "all layers" in result.stdout

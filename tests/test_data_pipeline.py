@@ -220,3 +220,27 @@ def test_a_constant_channel_is_centred_not_divided_by_zero():
     mean, std = channel_stats(images)
     assert std[1] == 1.0 and std[2] == 1.0 and 0 < std[0] < 1
     assert mean[1] == np.float32(9 / 255)
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
+    images, labels = tiny_dataset(n=40, h=4, w=4)
+    batches = Batches(images, labels, batch_size=16, seed=5, alternate_flip=True)
+
+    def mirrored(epoch):
+        """Which images (by label = index) epoch `epoch` shows mirrored."""
+        flags = np.zeros(40, dtype=bool)
+        for x, y in batches.epoch(epoch):
+            x, y = to_numpy(x), to_numpy(y)
+            plain = (images[y].astype(np.float32) / 255).astype(np.float32)
+            flags[y] = ~np.all(np.isclose(x, plain), axis=(1, 2, 3))
+            assert np.allclose(np.where(flags[y][:, None, None, None], x[..., ::-1], x), plain)
+        return flags
+
+    first = mirrored(0)
+    assert 8 < first.sum() < 32  # a random half, drawn once
+    np.testing.assert_array_equal(mirrored(1), ~first)
+    np.testing.assert_array_equal(mirrored(2), first)
+    np.testing.assert_array_equal(mirrored(5), ~first)
+    again = Batches(images, labels, batch_size=16, seed=5, alternate_flip=True)
+    assert all(np.array_equal(to_numpy(a), to_numpy(b)) for (a, _), (b, _) in
+               zip(again.epoch(3), batches.epoch(3), strict=True))  # fmt: skip

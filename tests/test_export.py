@@ -27,6 +27,7 @@ from xpcnn.layers import (
     Layer,
     MaxPool2D,
     ReLU,
+    Scale,
     Sequential,
 )
 from xpcnn.models import build_model
@@ -59,6 +60,7 @@ def every_layer() -> Sequential:
         GELU(),
         Dropout(0.5),
         Dense(10, 4, bias=False),
+        Scale(0.5),
     )
 
 

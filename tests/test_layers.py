@@ -16,6 +16,7 @@ from xpcnn.layers import (
     GlobalMaxPool2D,
     MaxPool2D,
     ReLU,
+    Scale,
     Sequential,
 )
 from xpcnn.models import build_model
@@ -47,6 +48,7 @@ def test_conv2d_rectangular_kernel_gradients_match_finite_differences():
         ReLU(),
         GELU(),
         Flatten(),
+        Scale(1 / 9),
     ],
     ids=repr,
 )

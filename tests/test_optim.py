@@ -5,7 +5,17 @@ import pytest
 
 from xpcnn.backend import asarray, to_numpy
 from xpcnn.layers import Dense, Sequential
-from xpcnn.optim import SGD, Adam, AdamW, Constant, Cosine, OneCycle, StepDecay, make_schedule
+from xpcnn.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    Constant,
+    Cosine,
+    OneCycle,
+    StepDecay,
+    Triangular,
+    make_schedule,
+)
 
 
 def one_parameter_model(value=1.0, grad=0.5):
@@ -118,7 +128,46 @@ def test_onecycle_matches_pytorch():
         reference.step()
 
 
-@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])
+def test_triangular_known_points():
+    schedule = Triangular(2.0, total_steps=100)  # up from 0.4 to 2.0 by step 23, then to 0.14
+    assert schedule(0) == pytest.approx(0.4)
+    assert schedule(23) == pytest.approx(2.0)
+    assert schedule(100) == pytest.approx(0.14)
+    assert schedule(23 + 77 // 2) == pytest.approx(2.0 + (0.14 - 2.0) * (77 // 2) / 77)
+    assert schedule(11) == pytest.approx(0.4 + 1.6 * 11 / 23)
+
+
+def test_triangular_matches_airbench_interpolation():
+    total = 317
+    knots = ([0, int(0.23 * total), total], [0.2, 1.0, 0.07])
+    schedule = Triangular(1.5, total_steps=total)
+    for step in range(total + 1):
+        assert schedule(step) == pytest.approx(1.5 * np.interp(step, *knots), rel=1e-12), step
+
+
+def test_a_frozen_parameter_is_never_updated_and_keeps_no_state():
+    model = one_parameter_model(value=1.0, grad=0.5)
+    model.layers[0].frozen.add("weight")
+    optimizer = SGD(model, lr=0.1, momentum=0.9, weight_decay=0.1)
+    assert steps(optimizer, model, [0.5, 0.5]) == [1.0, 1.0]
+    assert optimizer.state_dict() == {"steps": 2}
+
+
+@pytest.mark.parametrize("kind", [SGD, AdamW])
+def test_an_lr_scale_multiplies_the_step_but_not_the_weight_decay(kind):
+    """A parameter with lr scale s moves like lr·s on its gradient; its decay step stays
+    lr·λ·θ (SGD: λ/s added to the gradient; AdamW: θ(1 − lr·s·λ/s))."""
+    plain, scaled = one_parameter_model(grad=0.0), one_parameter_model(grad=0.0)
+    scaled.layers[0].lr_scales["weight"] = 8.0
+    decay_only = [steps(kind(m, lr=0.1, weight_decay=0.1), m, [0.0]) for m in (plain, scaled)]
+    assert decay_only[0] == pytest.approx(decay_only[1], rel=1e-12)
+    plain, scaled = one_parameter_model(), one_parameter_model()
+    scaled.layers[0].lr_scales["weight"] = 8.0
+    moved = [1.0 - steps(SGD(m, lr=0.01), m, [0.5])[0] for m in (plain, scaled)]
+    assert moved[1] == pytest.approx(8.0 * moved[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle", "triangular"])
 def test_make_schedule_names(name):
     schedule = make_schedule(name, 0.1, total_steps=100, steps_per_epoch=10)
     assert 0.0 <= schedule(50) <= 0.1

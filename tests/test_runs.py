@@ -57,7 +57,7 @@ def test_a_preset_brings_its_recipe():
         recipe.epochs, recipe.lr, recipe.label_smoothing, recipe.tta,
     )  # fmt: skip
     assert (config.epochs, config.batch_size, config.lr, config.momentum, config.schedule) == (
-        8, 1024, 1.5, 0.85, "triangular",
+        9, 1024, 1.5, 0.85, "triangular",
     )  # fmt: skip
     assert PRESETS["fast-v1"].recipe.epochs == 14 and PRESETS["fast-v1"].recipe.lr == 0.1
 
@@ -320,3 +320,22 @@ def test_a_full_disk_names_the_file_and_the_epoch_that_is_safe(tmp_path, monkeyp
         train({"data": str(data), "epochs": 3, "batch_size": 8}, out)
     assert json.loads(str(np.load(out / "checkpoint.npz")["meta"][()]))["epoch"] == 1
     assert not list(out.glob(".*.part"))
+
+
+@pytest.mark.parametrize(("model", "steps"), [("seed", 3), ("fast", 2)])
+def test_fast_leaves_out_the_last_partial_batch_and_whitens_from_the_data(tmp_path, model, steps):
+    """40 training images in batches of 16: seed takes 16, 16, 8; fast drops the 8 (its
+    preset's drop_last) and starts from a whitening conv fitted to the training images."""
+    from test_cli import write_folder
+
+    from xpcnn.runs import train
+
+    data = write_folder(tmp_path / "colours", per_class=20)  # 60 images: 40 train, 20 val
+    out = tmp_path / "run"
+    train({"data": str(data), "model": model, "epochs": 1, "batch_size": 16, "val_split": 1 / 3,
+           "tta": False}, out)  # fmt: skip
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    assert int(checkpoint.optim["steps"]) == steps
+    if model == "fast":  # whitened (test_init.py checks the filters): k and 12 + k opposite
+        weight = np.asarray(checkpoint.model["0.weight"])
+        np.testing.assert_allclose(weight[12:], -weight[:12], rtol=1e-6)

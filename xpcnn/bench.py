@@ -158,6 +158,41 @@ def _torch_runner(twin: Any, batch: int, image_shape: tuple[int, ...], device: s
     return train, evaluate
 
 
+def layer_profile(model: Sequential, batch: int, image_shape: tuple[int, ...], rounds: int):
+    """Per layer of `model`, in the order they run: (name, forward ms, backward ms) of a
+    training step at `batch`, the minimum over `rounds` after a warm-up (the input gradient of
+    the first layer is skipped, as in training)."""
+    channels, height, width = image_shape
+    rng = np.random.default_rng(0)
+    x = asarray(rng.standard_normal((batch, height, width, channels), dtype=np.float32))
+    order = model.execution_order()
+    best = {i: [float("inf"), float("inf")] for i in order}
+    for _ in range(rounds + 1):
+        h = x
+        for i in order:
+            start = time.perf_counter()
+            h = model[i].forward_channels_last(h)
+            synchronize()
+            best[i][0] = min(best[i][0], time.perf_counter() - start)
+        dy = h * 0 + 1
+        model.zero_grad()
+        for step in range(len(order) - 1, -1, -1):
+            start = time.perf_counter()
+            dy = model[order[step]].backward_channels_last(dy, step > 0)
+            synchronize()
+            best[order[step]][1] = min(best[order[step]][1], time.perf_counter() - start)
+    return [(f"{i} {type(model[i]).__name__}", f * 1e3, b * 1e3) for i, (f, b) in best.items()]
+
+
+def _print_profile(rows: list[tuple[str, float, float]]) -> None:
+    total = sum(f + b for _, f, b in rows)
+    for name, forward, backward in rows:
+        share = (forward + backward) / total
+        print(f"       {name:22} forward {forward:8.1f} ms  backward {backward:8.1f} ms  "
+              f"{share:6.1%}")  # fmt: skip
+    print(f"       {'all layers':22} {total:.1f} ms", flush=True)
+
+
 def _alternate(runners: dict[str, Any], steps: int, rounds: int) -> dict[str, float]:
     """Median seconds per step of each runner, timed in alternating rounds after a warm-up."""
     for run in runners.values():
@@ -283,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         f"float32 GEMM {info['gemm_gflops']:.0f} GFLOP/s"
     )
     header = (
-        f"{'model':6} {'batch':>5} {'xpcnn ms/step':>14} {'torch ms/step':>14} {'ratio':>6} "
+        f"{'model':7} {'batch':>5} {'xpcnn ms/step':>14} {'torch ms/step':>14} {'ratio':>6} "
         f"{'xpcnn img/s':>12} {'torch img/s':>12} {'floor ms':>9} {'eval ratio':>10}"
     )
     print(header)
@@ -308,13 +343,18 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
                 torch_ms = result.get("torch_train_ms", float("nan"))
                 print(
-                    f"{name:6} {batch:>5} {result['xpcnn_train_ms']:>14.1f} {torch_ms:>14.1f} "
+                    f"{name:7} {batch:>5} {result['xpcnn_train_ms']:>14.1f} {torch_ms:>14.1f} "
                     f"{result.get('train_ratio', float('nan')):>6.2f} "
                     f"{result['xpcnn_train_img_s']:>12.0f} "
                     f"{result.get('torch_train_img_s', float('nan')):>12.0f} "
                     f"{floor_ms:>9.1f} {result.get('eval_ratio', float('nan')):>10.2f}",
                     flush=True,
                 )
+                if args.profile:
+                    manual_seed(0)
+                    rows = layer_profile(build_model(name), batch, (3, 32, 32), args.rounds)
+                    result["profile_ms"] = {n: [f, b] for n, f, b in rows}
+                    _print_profile(rows)
                 if args.memory_images:
                     print(
                         f"       peak {'GPU' if torch_device() != 'cpu' else 'host'} memory of a "

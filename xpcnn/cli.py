@@ -140,6 +140,7 @@ _BENCH_FLAGS: dict[str, tuple[Any, Any, str | None, str]] = {
                   "PyTorch on a GPU without TF32 (CuPy uses it only with CUPY_TF32=1)"),
     "--memory-images": (_number(int, 0, float("inf"), "an integer >= 0"), 0, "N",
                         "also measure peak memory of a training epoch of N images (0: skip)"),
+    "--profile": (None, False, None, "also time each layer's forward and backward (xpcnn)"),
     "--json": (str, None, "FILE", "also write the results as JSON"),
 }  # fmt: skip
 

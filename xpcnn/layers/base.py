@@ -121,6 +121,17 @@ class Layer:
         for name in self.params:
             yield name, 0.0 if name in self.frozen else float(self.lr_scales.get(name, 1.0))
 
+    def trains(self) -> bool:
+        """Whether any parameter of the layer is trained (not frozen)."""
+        return any(scale > 0 for _, scale in self.named_lr_scales())
+
+    def locate(self, name: str) -> tuple[Layer, str]:
+        """(layer, parameter name) of a state-dict name: ("weight") here, ("0.weight") in a
+        Sequential."""
+        if name not in self.params and name not in self.buffers:
+            raise KeyError(f"{type(self).__name__} has no parameter or buffer {name!r}")
+        return self, name
+
     def named_gradients(self) -> Iterator[tuple[str, Any]]:
         for name, value in self.params.items():
             grad = self.gradients.get(name)
@@ -230,8 +241,17 @@ class Sequential(Layer):
         return dx
 
     def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
+        """Layers in reverse order; a layer's input gradient is computed only when the caller
+        asks for the network's or a layer before it trains, and the pass ends at the first
+        layer that needs none (what PyTorch's autograd skips for a frozen prefix)."""
+        needed, trains = [], input_grad
+        for position in self.order:
+            needed.append(trains)
+            trains = trains or self.layers[position].trains()
         for step in range(len(self.order) - 1, -1, -1):
-            dy = self.layers[self.order[step]].backward_channels_last(dy, input_grad or step > 0)
+            dy = self.layers[self.order[step]].backward_channels_last(dy, needed[step])
+            if dy is None:
+                break
         return dy
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -292,6 +312,12 @@ class Sequential(Layer):
     def set_state(self, name: str, value: Any) -> None:
         index, _, rest = name.partition(".")
         self.layers[int(index)].set_state(rest, value)
+
+    def locate(self, name: str) -> tuple[Layer, str]:
+        index, _, rest = name.partition(".")
+        if not index.isdigit() or int(index) >= len(self.layers):
+            raise KeyError(f"Sequential has no layer {index!r} (in {name!r})")
+        return self.layers[int(index)].locate(rest)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

@@ -185,10 +185,12 @@ class Conv2D(Layer):
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_channels))
-        if "bias" in self.params:
+        if "bias" in self.params and "bias" not in self.frozen:
             # Σ over rows as a GEMV: NumPy's axis-0 reduction is ~4x slower
             ones = xp.ones((dy2.shape[0],), dtype=dy2.dtype, device=device(dy2))
             self.accumulate("bias", ones @ dy2)
+        if "weight" in self.frozen and not input_grad:
+            return None
         if self.algorithm != "im2col":
             return self._winograd_backward(dy, input_grad)
         (kh, kw), c = self.kernel, self.in_channels

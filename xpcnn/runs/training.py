@@ -16,6 +16,7 @@ from xpcnn import plots
 from xpcnn.backend import backend_name, manual_seed
 from xpcnn.callbacks import (
     EpochLog,
+    FreezeAfter,
     HistoryLogger,
     ModelCheckpoint,
     PlotWriter,
@@ -239,7 +240,8 @@ def _fit(
             ),  # fmt: skip
             EpochLog(log, config.epochs),
         ]
-    all_callbacks = [ReseedDropout(config.seed), TerminateOnNaN(), *writers, stopper]
+    freeze = FreezeAfter(model, preset.train_epochs)
+    all_callbacks = [ReseedDropout(config.seed), freeze, TerminateOnNaN(), *writers, stopper]
     out = folder.path if folder is not None else Path(".")
     checkpoint = out / "checkpoint.npz"
     with np.errstate(over="ignore", invalid="ignore"), stopper.catching_sigint():
