@@ -57,7 +57,7 @@ def test_a_preset_brings_its_recipe():
         recipe.epochs, recipe.lr, recipe.label_smoothing, recipe.tta,
     )  # fmt: skip
     assert (config.epochs, config.batch_size, config.lr, config.momentum, config.schedule) == (
-        9, 1024, 1.5, 0.85, "triangular",
+        8, 1024, 1.5, 0.85, "triangular",
     )  # fmt: skip
     assert PRESETS["fast-v1"].recipe.epochs == 14 and PRESETS["fast-v1"].recipe.lr == 0.1
 

@@ -111,23 +111,6 @@ class ReseedDropout(Callback):
         manual_seed(self.seed, progress.epoch, 2)
 
 
-class FreezeAfter(Callback):
-    """Train some parameters for their first epochs only: `epochs` maps a state-dict name
-    ("0.bias") to how many epochs it trains (airbench trains its whitening bias for 3). Set at
-    each epoch's start from the epoch's number, so a resumed run freezes the same; once nothing
-    before a layer trains, `Sequential.backward` skips the input gradients that would reach it."""
-
-    def __init__(self, model: Any, epochs: dict[str, int]) -> None:
-        self.targets = [(*model.locate(name), count) for name, count in epochs.items()]
-
-    def on_epoch_begin(self, progress: Progress) -> None:
-        for layer, name, count in self.targets:
-            if progress.epoch >= count:
-                layer.frozen.add(name)
-            else:
-                layer.frozen.discard(name)
-
-
 class StopOnSignal(Callback):
     """Inside `catching_sigint()`, Ctrl-C asks `fit` to stop after the step (or checkpoint
     write) in progress (`train.Interrupted`). A second Ctrl-C stops at once."""

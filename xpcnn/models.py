@@ -5,7 +5,7 @@ kept so that its checkpoints load)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from xpcnn.backend import default_generator
@@ -105,7 +105,7 @@ def fast(
 
     def conv(cin: int, cout: int) -> Conv2D:
         layer = Conv2D(cin, cout, 3, padding="same", bias=False, **kw)
-        layer.params["weight"] = torch_default(layer.params["weight"], 9 * cin)
+        layer.params["weight"] = fan_in_uniform(layer.params["weight"], 9 * cin)
         identity_init(layer)
         return layer
 
@@ -122,7 +122,7 @@ def fast(
     stem = Conv2D(in_channels, whiten, 2, padding="same", bias=True, **kw)
     stem.frozen.add("weight")
     head = Dense(widths[2], num_classes, bias=False, **kw)
-    head.params["weight"] = torch_default(head.params["weight"], widths[2])
+    head.params["weight"] = fan_in_uniform(head.params["weight"], widths[2])
     return Sequential(
         stem,
         GELU(),
@@ -136,7 +136,7 @@ def fast(
     )
 
 
-def torch_default(like: Any, fan_in: int) -> Any:
+def fan_in_uniform(like: Any, fan_in: int) -> Any:
     """PyTorch's default weights for Conv2d and Linear, of `like`'s shape and dtype: uniform in
     ±1/√fan_in (airbench keeps them)."""
     bound = 1.0 / fan_in**0.5
@@ -177,8 +177,7 @@ class Preset:
     instead of at random; `drop_last`: an epoch leaves out its last, partial batch (at a large
     learning rate, a step on a few images and their BatchNorm statistics set the model back);
     `init_from_data(model, images)`: run on a fresh model with up to `INIT_IMAGES` normalised
-    training images before training; `train_epochs`: parameters (state-dict names) trained for
-    that many epochs only, then frozen (`callbacks.FreezeAfter`)."""
+    training images before training."""
 
     build: Callable[..., Sequential]
     recipe: Recipe
@@ -188,7 +187,6 @@ class Preset:
     alternate_flip: bool = False
     drop_last: bool = False
     init_from_data: Callable[[Sequential, Any], None] | None = None
-    train_epochs: dict[str, int] = field(default_factory=dict)
 
 
 INIT_IMAGES = 5000
@@ -206,7 +204,7 @@ PRESETS = {
         # airbench94's optimizer settings for the mean loss: lr 11.5 per 1024 images / (1 +
         # 1/(1 - 0.85)), weight decay 0.0153 / 11.5
         Recipe(
-            epochs=9,
+            epochs=8,
             batch_size=1024,
             lr=1.5,
             momentum=0.85,
@@ -221,9 +219,6 @@ PRESETS = {
         alternate_flip=True,
         drop_last=True,
         init_from_data=whiten_first_conv,
-        # the whitening bias trains for 3 epochs; then nothing before the second conv trains,
-        # and a step skips the input gradients of the first block's conv and of the stem
-        train_epochs={"0.bias": 3},
     ),
     "fast-v1": Preset(
         fast_v1,

@@ -125,13 +125,6 @@ class Layer:
         """Whether any parameter of the layer is trained (not frozen)."""
         return any(scale > 0 for _, scale in self.named_lr_scales())
 
-    def locate(self, name: str) -> tuple[Layer, str]:
-        """(layer, parameter name) of a state-dict name: ("weight") here, ("0.weight") in a
-        Sequential."""
-        if name not in self.params and name not in self.buffers:
-            raise KeyError(f"{type(self).__name__} has no parameter or buffer {name!r}")
-        return self, name
-
     def named_gradients(self) -> Iterator[tuple[str, Any]]:
         for name, value in self.params.items():
             grad = self.gradients.get(name)
@@ -312,12 +305,6 @@ class Sequential(Layer):
     def set_state(self, name: str, value: Any) -> None:
         index, _, rest = name.partition(".")
         self.layers[int(index)].set_state(rest, value)
-
-    def locate(self, name: str) -> tuple[Layer, str]:
-        index, _, rest = name.partition(".")
-        if not index.isdigit() or int(index) >= len(self.layers):
-            raise KeyError(f"Sequential has no layer {index!r} (in {name!r})")
-        return self.layers[int(index)].locate(rest)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

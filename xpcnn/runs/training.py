@@ -16,7 +16,6 @@ from xpcnn import plots
 from xpcnn.backend import backend_name, manual_seed
 from xpcnn.callbacks import (
     EpochLog,
-    FreezeAfter,
     HistoryLogger,
     ModelCheckpoint,
     PlotWriter,
@@ -240,8 +239,7 @@ def _fit(
             ),  # fmt: skip
             EpochLog(log, config.epochs),
         ]
-    freeze = FreezeAfter(model, preset.train_epochs)
-    all_callbacks = [ReseedDropout(config.seed), freeze, TerminateOnNaN(), *writers, stopper]
+    all_callbacks = [ReseedDropout(config.seed), TerminateOnNaN(), *writers, stopper]
     out = folder.path if folder is not None else Path(".")
     checkpoint = out / "checkpoint.npz"
     with np.errstate(over="ignore", invalid="ignore"), stopper.catching_sigint():
