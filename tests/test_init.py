@@ -60,13 +60,9 @@ def test_fast_freezes_its_whitening_weight_and_batchnorm_scales():
     x = asarray(np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
     logits = model(x)
     model.zero_grad()
-    model.backward(namespace_ones(logits), input_grad=False)
+    model.backward(logits * 0.0 + 1.0, input_grad=False)
     assert "weight" not in model[0].gradients and "bias" in model[0].gradients
     assert "weight" not in model[4].gradients and "bias" in model[4].gradients
-
-
-def namespace_ones(like):
-    return asarray(np.ones(to_numpy(like).shape, dtype=np.float32))
 
 
 def test_a_frozen_prefix_gets_no_input_gradients_and_the_rest_the_same_gradients():
@@ -91,7 +87,7 @@ def test_a_frozen_prefix_gets_no_input_gradients_and_the_rest_the_same_gradients
     for model in (full, short):
         logits = model(x)
         model.zero_grad()
-        model.backward(namespace_ones(logits) * 1.0, input_grad=False)
+        model.backward(logits * 0.0 + 1.0, input_grad=False)
     assert calls == [(2, False)]
     full_grads, short_grads = full.grads(), short.grads()
     for key, value in short_grads.items():

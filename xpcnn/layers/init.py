@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import asarray, device, namespace, sliding_windows
+from xpcnn.backend import device, namespace, sliding_windows
 from xpcnn.layers.conv import Conv2D
 
 
@@ -36,7 +36,7 @@ def whitening_init(conv: Conv2D, images: Any, eps: float = 5e-4) -> None:
         raise ValueError(f"whitening_init: a {kh}x{kw} conv of {c_in} channels needs "
                          f"{2 * size} filters, got {c_out}")  # fmt: skip
     xp = namespace(images)
-    x = xp.permute_dims(asarray(images, dtype=w.dtype), (0, 2, 3, 1))  # (N, H, W, C)
+    x = xp.permute_dims(xp.astype(images, w.dtype), (0, 2, 3, 1))  # (N, H, W, C)
     windows = sliding_windows(x, (kh, kw), 1)  # (N, OH, OW, kh, kw, C)
     patches = xp.reshape(xp.permute_dims(windows, (0, 1, 2, 5, 3, 4)), (-1, size))  # (C,kh,kw)
     covariance = (patches.T @ patches) / patches.shape[0]
