@@ -160,12 +160,13 @@ def _torch_runner(twin: Any, batch: int, image_shape: tuple[int, ...], device: s
 
 def layer_profile(model: Sequential, batch: int, image_shape: tuple[int, ...], rounds: int):
     """Per layer of `model`, in the order they run: (name, forward ms, backward ms) of a
-    training step at `batch`, the minimum over `rounds` after a warm-up (the input gradient of
-    the first layer is skipped, as in training)."""
+    training step at `batch`, the minimum over `rounds` after a warm-up; input gradients are
+    computed where training computes them (`Sequential.input_grads_needed`); a layer behind a
+    frozen prefix shows 0 ms backward."""
     channels, height, width = image_shape
     rng = np.random.default_rng(0)
     x = asarray(rng.standard_normal((batch, height, width, channels), dtype=np.float32))
-    order = model.execution_order()
+    order, needed = model.execution_order(), model.input_grads_needed(False)
     best = {i: [float("inf"), float("inf")] for i in order}
     for _ in range(rounds + 1):
         h = x
@@ -178,7 +179,8 @@ def layer_profile(model: Sequential, batch: int, image_shape: tuple[int, ...], r
         model.zero_grad()
         for step in range(len(order) - 1, -1, -1):
             start = time.perf_counter()
-            dy = model[order[step]].backward_channels_last(dy, step > 0)
+            if dy is not None:
+                dy = model[order[step]].backward_channels_last(dy, needed[step])
             synchronize()
             best[order[step]][1] = min(best[order[step]][1], time.perf_counter() - start)
     return [(f"{i} {type(model[i]).__name__}", f * 1e3, b * 1e3) for i, (f, b) in best.items()]

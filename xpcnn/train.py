@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import device, namespace, synchronize, to_numpy
+from xpcnn.backend import namespace, synchronize, to_numpy
+from xpcnn.data.augment import translate
 from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
 
@@ -224,7 +225,7 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     if not tta:
         return log_softmax(model(x))
     xp = namespace(x)
-    views = [(x, 0.25)] + [(shift(x, step), 0.125) for step in (-1, 1)]
+    views = [(x, 0.25)] + [(translate(x, step), 0.125) for step in (-1, 1)]
     parts = []
     for view, weight in views:
         for image in (view, xp.flip(view, axis=3)):
@@ -233,19 +234,6 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     for part in parts[1:]:  # Σ weight·p in log space
         total = xp.logaddexp(total, part)
     return total
-
-
-def shift(x: Any, step: int) -> Any:
-    """x (N, C, H, W) moved `step` pixels down and right (up and left when negative): out[i, j]
-    = x[i − step, j − step], the border reflected (without repeating the edge)."""
-    xp = namespace(x)
-    h, w = x.shape[2:]
-
-    def source(size: int) -> Any:
-        index = xp.arange(size, dtype=xp.int64, device=device(x)) - step
-        return (size - 1) - xp.abs((size - 1) - xp.abs(index))  # reflect into [0, size)
-
-    return xp.take(xp.take(x, source(h), axis=2), source(w), axis=3)
 
 
 def evaluate(model: Any, batches: Any, tta: bool = False, comm: Any = None) -> dict[str, float]:

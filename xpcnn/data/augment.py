@@ -57,11 +57,27 @@ def _reflect(index: Any, size: int, xp: Any) -> Any:
     return (size - 1) - xp.abs((size - 1) - xp.abs(index))
 
 
+def translate(x: Any, step: int) -> Any:
+    """x (N, C, H, W) moved `step` pixels down and right (up and left when negative): out[i, j]
+    = x[i − step, j − step], the border reflected (TTA's shifted views)."""
+    xp = namespace(x)
+    h, w = x.shape[2:]
+
+    def source(size: int) -> Any:
+        return _reflect(xp.arange(size, dtype=xp.int64, device=device(x)) - step, size, xp)
+
+    return xp.take(xp.take(x, source(h), axis=2), source(w), axis=3)
+
+
+def mirror_where(x: Any, flip: Any) -> Any:
+    """The images of x (N, C, H, W) whose `flip` (N,) is true mirrored left-right."""
+    xp = namespace(x)
+    return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
+
+
 def horizontal_flip(x: Any, rng: Generator, p: float = 0.5) -> Any:
     """Each image mirrored left-right with probability p."""
-    xp = namespace(x)
-    flip = rng.uniform((x.shape[0],)) < p
-    return xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
+    return mirror_where(x, rng.uniform((x.shape[0],)) < p)
 
 
 def cutout(x: Any, size: int, rng: Generator) -> Any:

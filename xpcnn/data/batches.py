@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from xpcnn.backend import Generator, asarray, device, namespace, to_numpy
+from xpcnn.data.augment import mirror_where
 
 AugmentFn = Callable[[Any, Generator], Any]
 
@@ -106,8 +107,7 @@ class Batches:
             x = xp.astype(xp.take(self.images, idx, axis=0), xp.float32)
             x = x * self.scale - self.shift
             if self.flips is not None:
-                flip = xp.take(self.flips, idx, axis=0) ^ (epoch % 2 == 1)
-                x = xp.where(flip[:, None, None, None], xp.flip(x, axis=3), x)
+                x = mirror_where(x, xp.take(self.flips, idx, axis=0) ^ (epoch % 2 == 1))
             if draws is not None:
                 x = self.augment(x, draws)
             yield x, xp.take(self.labels, idx, axis=0)

@@ -233,14 +233,20 @@ class Sequential(Layer):
             dx = namespace(dx).permute_dims(dx, (0, 3, 1, 2))
         return dx
 
-    def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
-        """Layers in reverse order; a layer's input gradient is computed only when the caller
-        asks for the network's or a layer before it trains, and the pass ends at the first
-        layer that needs none (what PyTorch's autograd skips for a frozen prefix)."""
+    def input_grads_needed(self, input_grad: bool) -> list[bool]:
+        """Per position of `execution_order`: whether that layer's input gradient is needed,
+        i.e. the caller asks for the network's or a layer before it trains (what PyTorch's
+        autograd skips for a frozen prefix)."""
         needed, trains = [], input_grad
-        for position in self.order:
+        for position in self.execution_order():
             needed.append(trains)
             trains = trains or self.layers[position].trains()
+        return needed
+
+    def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
+        """Layers in reverse order; the pass ends at the first layer whose input gradient is
+        not needed (`input_grads_needed`)."""
+        needed = self.input_grads_needed(input_grad)
         for step in range(len(self.order) - 1, -1, -1):
             dy = self.layers[self.order[step]].backward_channels_last(dy, needed[step])
             if dy is None:
