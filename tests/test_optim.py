@@ -11,6 +11,7 @@ from xpcnn.optim import (
     AdamW,
     Constant,
     Cosine,
+    Lookahead,
     OneCycle,
     StepDecay,
     Triangular,
@@ -176,3 +177,86 @@ def test_make_schedule_names(name):
 def test_make_schedule_rejects_unknown_name():
     with pytest.raises(ValueError, match="schedule"):
         make_schedule("linear", 0.1, 100, 10)
+
+
+def test_lookahead_decay_follows_airbench_schedule():
+    """d = 0.95^5 · (step / total)^3 at every 5th step, nothing between, 1 (fast ← slow) after
+    the last step when it is not a 5th."""
+    lookahead = Lookahead(total_steps=312)
+    assert lookahead.decay(5) == pytest.approx(0.95**5 * (5 / 312) ** 3, rel=1e-12)
+    assert lookahead.decay(310) == pytest.approx(0.95**5 * (310 / 312) ** 3, rel=1e-12)
+    assert [lookahead.decay(s) for s in (1, 4, 6, 311)] == [None] * 4
+    assert lookahead.decay(312) == 1.0
+    assert Lookahead(total_steps=310).decay(310) == pytest.approx(0.95**5, rel=1e-12)
+    with pytest.raises(ValueError, match="Lookahead"):
+        Lookahead(total_steps=0)
+
+
+def fast_model(seed=0):
+    import xpcnn
+    from xpcnn.models import build_model
+
+    xpcnn.manual_seed(seed)
+    return build_model("fast", width=4, image_size=8, dtype="float64")
+
+
+def test_lookahead_matches_the_rule_applied_by_hand_to_weights_and_statistics():
+    """SGD with Lookahead against plain SGD whose state dict is synced by hand with airbench's
+    rule (slow copy of the initial state; every 5th step lerp and copy back; copy at the end)."""
+    from xpcnn.train import train_step
+
+    total = 12
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 3, 8, 8)), rng.integers(0, 10, 4)) for _ in range(total)]
+    model, by_hand = fast_model(), fast_model()
+    optimizer = SGD(model, lr=0.2, momentum=0.85, nesterov=True)
+    Lookahead(total_steps=total).attach(optimizer)
+    plain = SGD(by_hand, lr=0.2, momentum=0.85, nesterov=True)
+    floats = [k for k, v in by_hand.state_dict().items() if to_numpy(v).dtype.kind == "f"]
+    slow = {k: to_numpy(by_hand.state_dict()[k]).copy() for k in floats}
+    for step, (x, y) in enumerate(batches, start=1):
+        train_step(model, optimizer, asarray(x), asarray(y))
+        train_step(by_hand, plain, asarray(x), asarray(y))
+        if step % 5 and step < total:
+            continue
+        decay = 0.95**5 * (step / total) ** 3 if step % 5 == 0 else 1.0
+        state = by_hand.state_dict()
+        for k in floats:
+            slow[k] = decay * slow[k] + (1 - decay) * to_numpy(state[k])
+            state[k] = slow[k]
+        by_hand.load_state_dict(state)
+    moved = False
+    for key, value in by_hand.state_dict().items():
+        np.testing.assert_allclose(to_numpy(model.state_dict()[key]), to_numpy(value),
+                                   rtol=1e-10, atol=1e-12, err_msg=key)  # fmt: skip
+        moved |= not np.allclose(to_numpy(value), to_numpy(fast_model().state_dict()[key]))
+    assert moved
+    assert "slow.4.running_var" in optimizer.state_dict()
+    assert "slow.4.num_batches_tracked" not in optimizer.state_dict()
+
+
+def test_lookahead_state_round_trips_and_is_checked():
+    from xpcnn.train import train_step
+
+    model = fast_model()
+    optimizer = SGD(model, lr=0.1, momentum=0.9)
+    Lookahead(total_steps=10).attach(optimizer)
+    x, y = asarray(np.ones((2, 3, 8, 8))), asarray(np.array([1, 2]))
+    for _ in range(3):
+        train_step(model, optimizer, x, y)
+    state = {k: to_numpy(v) for k, v in optimizer.state_dict().items()}
+    twin_model = fast_model()
+    twin_model.load_state_dict(model.state_dict())
+    twin = SGD(twin_model, lr=0.1, momentum=0.9)
+    Lookahead(total_steps=10).attach(twin)
+    twin.load_state_dict(state)
+    for _ in range(3):  # through the sync at step 5, which uses the restored slow copy
+        train_step(model, optimizer, x, y)
+        train_step(twin_model, twin, x, y)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(to_numpy(twin_model.state_dict()[key]), to_numpy(value)), key
+    with pytest.raises(ValueError, match="no parameter '99.weight'"):
+        twin.load_state_dict({**state, "slow.99.weight": state["slow.0.weight"]})
+    without = SGD(fast_model(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="keeps momentum"):
+        without.load_state_dict(state)

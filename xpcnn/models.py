@@ -177,7 +177,8 @@ class Preset:
     instead of at random; `drop_last`: an epoch leaves out its last, partial batch (at a large
     learning rate, a step on a few images and their BatchNorm statistics set the model back);
     `init_from_data(model, images)`: run on a fresh model with up to `INIT_IMAGES` normalised
-    training images before training."""
+    training images before training; `lookahead`: sync the weights with their slow average every
+    this many steps (`xpcnn.optim.Lookahead`, airbench's schedule), 0 for none."""
 
     build: Callable[..., Sequential]
     recipe: Recipe
@@ -187,6 +188,7 @@ class Preset:
     alternate_flip: bool = False
     drop_last: bool = False
     init_from_data: Callable[[Sequential, Any], None] | None = None
+    lookahead: int = 0
 
 
 INIT_IMAGES = 5000
@@ -219,6 +221,7 @@ PRESETS = {
         alternate_flip=True,
         drop_last=True,
         init_from_data=whiten_first_conv,
+        lookahead=5,
     ),
     "fast-v1": Preset(
         fast_v1,

@@ -14,9 +14,11 @@ from xpcnn.backend import asarray, device, namespace, to_numpy
 
 
 class Optimizer:
-    """Base: `slot_kinds` names the per-parameter state an optimizer keeps ("momentum.0.weight")."""
+    """Base: `slot_kinds` names the per-parameter state an optimizer keeps ("momentum.0.weight").
+    `lookahead`: a `Lookahead` run after every step (`Lookahead.attach`)."""
 
     slot_kinds: tuple[str, ...] = ()
+    lookahead: Lookahead | None = None
 
     def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
         if lr < 0 or weight_decay < 0:
@@ -41,6 +43,8 @@ class Optimizer:
             scale = scales.get(name, 1.0)
             if scale > 0:
                 self.update(name, param, grads[name], self.lr * scale, self.weight_decay / scale)
+        if self.lookahead is not None:
+            self.lookahead.after_step(self)
 
     def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
         raise NotImplementedError
@@ -58,6 +62,7 @@ class Optimizer:
         non-negative integer, each slot of a kind this optimizer keeps, for a parameter of the
         model, of that parameter's shape. Nothing changes when a check fails (ValueError)."""
         params = dict(self.model.named_parameters())
+        kinds = self.slot_kinds + (("slow",) if self.lookahead is not None else ())
         steps = to_numpy(state["steps"]) if "steps" in state else None
         if steps is None or steps.shape != () or steps.dtype.kind not in "iu" or steps < 0:
             raise ValueError("optimizer state 'steps': expected a non-negative integer")
@@ -66,14 +71,15 @@ class Optimizer:
             if key == "steps":
                 continue
             kind, _, name = key.partition(".")
-            if kind not in self.slot_kinds:
+            if kind not in kinds:
                 raise ValueError(
                     f"optimizer state {key!r}: {type(self).__name__} keeps "
-                    f"{', '.join(self.slot_kinds) or 'no per-parameter state'}"
+                    f"{', '.join(kinds) or 'no per-parameter state'}"
                 )
-            if name not in params:
+            targets = Lookahead.targets(self.model) if kind == "slow" else params
+            if name not in targets:
                 raise ValueError(f"optimizer state {key!r} has no parameter {name!r} in the model")
-            like, value = params[name], to_numpy(value)
+            like, value = targets[name], to_numpy(value)
             if tuple(value.shape) != tuple(like.shape) or value.dtype.kind != "f":
                 raise ValueError(
                     f"optimizer state {key!r}: expected float {tuple(like.shape)}, got "
@@ -160,6 +166,62 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+class Lookahead:
+    """Lookahead (Zhang et al., 2019) as airbench schedules it, over the model's float state
+    (weights and BatchNorm statistics): every `every` steps
+
+        slow ← d·slow + (1 − d)·fast,  fast ← slow,   d = max_decay · (step / total_steps)^power,
+
+    so early steps are barely averaged and late ones keep a long memory; after the last step
+    (step ≥ total_steps) fast ← slow. `attach` starts the slow copy from the state at that time;
+    the slow copies are the optimizer's slots "slow.<name>", so checkpoints hold them.
+    """
+
+    def __init__(
+        self, total_steps: int, every: int = 5, max_decay: float = 0.95**5, power: float = 3.0
+    ) -> None:
+        if total_steps < 1 or every < 1 or not 0 <= max_decay <= 1:
+            raise ValueError(
+                f"Lookahead: expected total_steps, every >= 1 and max_decay in [0, 1], got "
+                f"{total_steps}, {every}, {max_decay}"
+            )
+        self.total_steps, self.every, self.max_decay, self.power = (
+            total_steps, every, max_decay, power,
+        )  # fmt: skip
+
+    @staticmethod
+    def targets(model: Any) -> dict[str, Any]:
+        """The state Lookahead averages: every float entry of the model's state dict."""
+        return {
+            name: value for name, value in model.named_state()
+            if namespace(value).isdtype(value.dtype, "real floating")
+        }  # fmt: skip
+
+    def decay(self, step: int) -> float | None:
+        """d at `step` (counted from 1), 1.0 once training is over, None between syncs."""
+        if step % self.every == 0:
+            return self.max_decay * min(step / self.total_steps, 1.0) ** self.power
+        return 1.0 if step >= self.total_steps else None
+
+    def attach(self, optimizer: Optimizer) -> None:
+        """Make `optimizer` sync its model with a slow copy of the model's state as it is now."""
+        optimizer.lookahead = self
+        for name, value in self.targets(optimizer.model).items():
+            optimizer.slots[f"slow.{name}"] = namespace(value).asarray(value, copy=True)
+
+    def after_step(self, optimizer: Optimizer) -> None:
+        decay = self.decay(optimizer.steps)
+        if decay is None:
+            return
+        for name, fast in self.targets(optimizer.model).items():
+            xp = namespace(fast)  # a state restored without slow copies starts them here
+            slow = optimizer.slots.setdefault(f"slow.{name}", xp.asarray(fast, copy=True))
+            if decay < 1.0:
+                slow *= decay
+                slow += (1.0 - decay) * fast
+            optimizer.model.set_state(name, xp.asarray(slow, copy=True))
 
 
 # Learning-rate schedules: callables step -> lr, with step counted from 0.

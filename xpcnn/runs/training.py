@@ -27,7 +27,7 @@ from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Batches, Dataset, channel_stats, load_dataset, train_val_indices
 from xpcnn.distributed import Communicator
 from xpcnn.models import INIT_IMAGES, PRESETS, build_model
-from xpcnn.optim import OPTIMIZERS, make_schedule
+from xpcnn.optim import OPTIMIZERS, Lookahead, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
 from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
@@ -36,6 +36,9 @@ from xpcnn.train import Callback, Interrupted, TrainingDiverged, fit
 
 Log = Callable[[str], None]
 SAMPLES = 24  # validation images drawn in samples.png
+# Lookahead's slow average spans ~every / (1 - 0.95**5) ≈ 22 steps at the end: in shorter runs
+# than ten times that it would hold the weights back, so they train without it
+LOOKAHEAD_MIN_STEPS = 220
 
 
 class TrainingInterrupted(Exception):
@@ -73,6 +76,7 @@ class Start:
     val_set: Dataset
     model: Any
     optimizer: Any
+    train_batches: Batches  # this rank's shuffled, augmented training batches
 
 
 def train(
@@ -155,14 +159,15 @@ def prepare(
         )  # fmt: skip
         model = build_model(record.model, **record.model_args)
         _init_from_data(model, config, train_set, mean, std)
-        optimizer = make_optimizer(config, model)
     else:
         checkpoint, stored = resumed
         record = replace(stored, config=config)
         model = restore_model(checkpoint, record)
-        optimizer = make_optimizer(config, model)
-        restore_optimizer(checkpoint, optimizer)
-    comm.broadcast_state(model)
+    comm.broadcast_state(model)  # before the optimizer copies it (Lookahead)
+    train_batches = _train_batches(config, record, train_set, comm)
+    optimizer = make_optimizer(config, model, total_steps=config.epochs * len(train_batches))
+    if resumed is not None:
+        restore_optimizer(resumed[0], optimizer)
     log(
         f"data {config.data}: {len(dataset)} images {size}x{size}, {len(dataset.classes)} "
         f"classes; train {len(train_set)}, validation {len(val_set)}"
@@ -170,11 +175,14 @@ def prepare(
     ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
     log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
         f"backend {backend_name()}{ranks}")  # fmt: skip
+    if optimizer.lookahead is not None:
+        log(f"lookahead: weights synced with their slow average every "
+            f"{optimizer.lookahead.every} steps of {optimizer.lookahead.total_steps}")  # fmt: skip
     if resumed is None:
         log(str(model.summary((record.model_args["in_channels"], size, size))))
     else:
         log(f"resuming from {resumed[0].path} after epoch {record.epoch}/{config.epochs}")
-    return Start(config, record, dataset, train_set, val_set, model, optimizer)
+    return Start(config, record, dataset, train_set, val_set, model, optimizer, train_batches)
 
 
 def _init_from_data(
@@ -191,11 +199,31 @@ def _init_from_data(
     init(model, x)
 
 
-def make_optimizer(config: TrainConfig, model: Any) -> Any:
+def _train_batches(
+    config: TrainConfig, record: RunRecord, train_set: Dataset, comm: Any
+) -> Batches:
+    """This rank's training batches, normalised and augmented as the preset says."""
+    preset = PRESETS[config.model]
+    return Batches(
+        train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
+        mean=np.asarray(record.mean, np.float32), std=np.asarray(record.std, np.float32),
+        augment=preset.augmentation if config.augment else None, shard=(comm.rank, comm.size),
+        alternate_flip=config.augment and preset.alternate_flip,
+        drop_last=preset.drop_last and len(train_set) >= config.batch_size,
+    )  # fmt: skip
+
+
+def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
+    """The run's optimizer, with the preset's Lookahead when the run has `total_steps` of at
+    least LOOKAHEAD_MIN_STEPS."""
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         kwargs |= {"momentum": config.momentum, "nesterov": config.nesterov}
-    return OPTIMIZERS[config.optimizer](model, **kwargs)
+    optimizer = OPTIMIZERS[config.optimizer](model, **kwargs)
+    every = PRESETS[config.model].lookahead
+    if every and total_steps >= LOOKAHEAD_MIN_STEPS:
+        Lookahead(total_steps, every=every).attach(optimizer)
+    return optimizer
 
 
 def _fit(
@@ -204,14 +232,7 @@ def _fit(
     """Train from `start`; with a `folder` (rank 0), write it after every epoch."""
     config, record, model = start.config, start.record, start.model
     mean, std = np.asarray(record.mean, np.float32), np.asarray(record.std, np.float32)
-    preset = PRESETS[config.model]
-    augment = preset.augmentation if config.augment else None
-    train_batches = Batches(
-        start.train_set.images, start.train_set.labels, config.batch_size, shuffle=True,
-        seed=config.seed, mean=mean, std=std, augment=augment, shard=(comm.rank, comm.size),
-        alternate_flip=config.augment and preset.alternate_flip,
-        drop_last=preset.drop_last and len(start.train_set) >= config.batch_size,
-    )  # fmt: skip
+    train_batches = start.train_batches
     # validation: each rank scores its contiguous share, the counts are summed
     share = np.array_split(np.arange(len(start.val_set)), comm.size)[comm.rank]
     val_set = start.val_set.subset(share)
