@@ -192,6 +192,9 @@ class Preset:
 
 
 INIT_IMAGES = 5000
+# Lookahead's slow average spans ~5 / (1 - 0.95**5) ≈ 22 steps at the end: in runs shorter than
+# ten times that it would hold the weights back, so they train without it
+LOOKAHEAD_MIN_STEPS = 220
 
 
 PRESETS = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from xpcnn.data import is_cifar10_name
 from xpcnn.data.limits import Limits
-from xpcnn.models import PRESETS, recipe
+from xpcnn.models import LOOKAHEAD_MIN_STEPS, PRESETS, recipe
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
 
 # the peak learning rate when the optimizer is not the recipe's own
@@ -139,6 +139,9 @@ class TrainConfig:
         flip = "alternating flip" if preset.alternate_flip else "flip"
         crop = preset.augmentation.crop_padding
         parts.append(f"augment crop {crop} + {flip}" if self.augment else "no augmentation")
+        if preset.lookahead:
+            parts.append(f"lookahead every {preset.lookahead} steps (runs of "
+                         f"{LOOKAHEAD_MIN_STEPS}+ steps)")  # fmt: skip
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.tta:

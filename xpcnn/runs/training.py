@@ -26,7 +26,7 @@ from xpcnn.callbacks import (
 from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Batches, Dataset, channel_stats, load_dataset, train_val_indices
 from xpcnn.distributed import Communicator
-from xpcnn.models import INIT_IMAGES, PRESETS, build_model
+from xpcnn.models import INIT_IMAGES, LOOKAHEAD_MIN_STEPS, PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, Lookahead, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
@@ -36,9 +36,6 @@ from xpcnn.train import Callback, Interrupted, TrainingDiverged, fit
 
 Log = Callable[[str], None]
 SAMPLES = 24  # validation images drawn in samples.png
-# Lookahead's slow average spans ~every / (1 - 0.95**5) ≈ 22 steps at the end: in shorter runs
-# than ten times that it would hold the weights back, so they train without it
-LOOKAHEAD_MIN_STEPS = 220
 
 
 class TrainingInterrupted(Exception):
