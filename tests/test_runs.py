@@ -344,7 +344,7 @@ def test_fast_leaves_out_the_last_partial_batch_and_whitens_from_the_data(tmp_pa
 def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """fast's Lookahead (on here for a 15-step run): stopped after epoch 1 and resumed, the run
     ends where an uninterrupted one does, slow copies included; and the syncs change the result."""
-    from test_cli import write_folder
+    from test_cli import arrays, write_folder
 
     import xpcnn.runs.training
     from xpcnn.runs import TrainingInterrupted, train
@@ -358,18 +358,15 @@ def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch)
     options = {"data": str(data), "model": "fast", "epochs": 3, "batch_size": 8,
                "val_split": 1 / 3, "tta": False}  # fmt: skip
 
-    def final(out):
-        checkpoint = load_checkpoint(out / "checkpoint.npz")
-        return {**checkpoint.model, **{f"optim/{k}": v for k, v in checkpoint.optim.items()}}
-
     train(options, tmp_path / "plain")  # below LOOKAHEAD_MIN_STEPS: no Lookahead
     monkeypatch.setattr(xpcnn.runs.training, "LOOKAHEAD_MIN_STEPS", 1)
     train(options, tmp_path / "whole")
     with pytest.raises(TrainingInterrupted):
         train(options, tmp_path / "resumed", callbacks=[StopAfterOneEpoch()])
     train(options, tmp_path / "resumed", resume=True)
-    whole, resumed, plain = (final(tmp_path / n) for n in ("whole", "resumed", "plain"))
+    whole, resumed, plain = (arrays(tmp_path / n / "checkpoint.npz")
+                             for n in ("whole", "resumed", "plain"))  # fmt: skip
     assert "optim/slow.4.running_mean" in whole and "optim/slow.4.running_mean" not in plain
     assert sorted(whole) == sorted(resumed)
     assert [k for k in whole if not np.array_equal(whole[k], resumed[k])] == []
-    assert not np.array_equal(whole["2.weight"], plain["2.weight"])
+    assert not np.array_equal(whole["model/2.weight"], plain["model/2.weight"])

@@ -63,6 +63,7 @@ class Optimizer:
         model, of that parameter's shape. Nothing changes when a check fails (ValueError)."""
         params = dict(self.model.named_parameters())
         kinds = self.slot_kinds + (("slow",) if self.lookahead is not None else ())
+        averaged = Lookahead.targets(self.model) if self.lookahead is not None else {}
         steps = to_numpy(state["steps"]) if "steps" in state else None
         if steps is None or steps.shape != () or steps.dtype.kind not in "iu" or steps < 0:
             raise ValueError("optimizer state 'steps': expected a non-negative integer")
@@ -76,7 +77,7 @@ class Optimizer:
                     f"optimizer state {key!r}: {type(self).__name__} keeps "
                     f"{', '.join(kinds) or 'no per-parameter state'}"
                 )
-            targets = Lookahead.targets(self.model) if kind == "slow" else params
+            targets = averaged if kind == "slow" else params
             if name not in targets:
                 raise ValueError(f"optimizer state {key!r} has no parameter {name!r} in the model")
             like, value = targets[name], to_numpy(value)
