@@ -11,6 +11,17 @@ def test_unknown_backend_is_a_one_line_error(monkeypatch):
         backend.active_namespace()
 
 
+@pytest.fixture(autouse=True)
+def fresh_backend():
+    """Each test resolves the backend and device afresh and leaves no cached namespace or device
+    behind (a suite run under XPCNN_BACKEND=cupy has loaded CuPy before these tests)."""
+    backend._load.cache_clear()
+    backend._device.cache_clear()
+    yield
+    backend._load.cache_clear()
+    backend._device.cache_clear()
+
+
 def test_missing_cupy_error_names_the_pip_extra(monkeypatch):
     real_import = backend.importlib.import_module
 
@@ -36,7 +47,7 @@ def test_layer_code_imports_no_array_library():
     """Layers, loss, optimizers and training get their namespace from the shim."""
     from pathlib import Path
 
-    package = Path(backend.__file__).parent
+    package = Path(backend.__file__).parents[1]
     modules = [*package.glob("layers/*.py"), package / "losses.py", package / "optim.py"]
     for module in modules:
         text = module.read_text()
@@ -71,10 +82,8 @@ def test_to_numpy_round_trips_through_the_active_backend():
 def test_device_info_without_a_usable_cuda_device_is_a_backend_error(monkeypatch):
     monkeypatch.setenv("XPCNN_BACKEND", "cupy")
     monkeypatch.setattr(backend, "cuda_available", lambda: False)
-    backend._load.cache_clear()
     with pytest.raises(BackendError, match="XPCNN_BACKEND=cupy"):
         backend.device_info()
-    backend._load.cache_clear()
 
 
 def test_a_device_the_backend_lacks_is_one_line_listing_those_it_has(monkeypatch):
@@ -127,3 +136,55 @@ def test_a_planted_host_conversion_fails_on_the_emulated_device(monkeypatch):
     monkeypatch.setenv("XPCNN_DEVICE", "device1")
     with pytest.raises(RuntimeError, match="Can't convert array on the .*device1"):
         _step_with_a_planted_host_conversion(monkeypatch)
+
+
+LOCAL_RANK = "OMPI_COMM_WORLD_LOCAL_RANK"
+
+
+def _two_accelerators(monkeypatch, local_rank):
+    """array_api_strict's device1 and device2 stand in for two GPUs; Open MPI's launcher variable
+    says which local rank this process is."""
+    pytest.importorskip("array_api_strict")
+    monkeypatch.setenv("XPCNN_BACKEND", "array_api_strict")
+    monkeypatch.delenv("XPCNN_DEVICE", raising=False)
+    for variable in ("MPI_LOCALRANKID", "SLURM_LOCALID"):
+        monkeypatch.delenv(variable, raising=False)
+    if local_rank is None:
+        monkeypatch.delenv(LOCAL_RANK, raising=False)
+    else:
+        monkeypatch.setenv(LOCAL_RANK, str(local_rank))
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "expected"),
+    [(0, "device1"), (1, "device2"), (2, "device1"), (None, "CPU_DEVICE")],
+)
+def test_a_launched_rank_gets_its_local_device_whatever_asks_first(monkeypatch, local_rank,
+                                                                   expected):  # fmt: skip
+    _two_accelerators(monkeypatch, local_rank)
+    generator = backend.manual_seed(0)  # the first to ask for the device, before any communicator
+    assert backend.device_name(generator.device) == expected
+    weights = generator.normal((3,))
+    from xpcnn.distributed import communicator
+
+    communicator()  # one process: asks nothing more of the device
+    assert backend.device_name(backend.active_device()) == expected
+    assert backend.device_name(backend.device(weights)) == expected
+
+
+def test_xpcnn_device_overrides_the_local_rank(monkeypatch):
+    _two_accelerators(monkeypatch, 1)
+    monkeypatch.setenv("XPCNN_DEVICE", "device1")
+    assert backend.device_name(backend.active_device()) == "device1"
+
+
+def test_ranks_that_share_a_gpu_or_lack_nccl_reduce_on_the_host_with_a_note():
+    from xpcnn.distributed import device_reduction
+
+    assert device_reduction(["cuda:0", "cuda:1"], nccl_available=True) is None
+    shared = device_reduction(["cuda:0", "cuda:1", "cuda:0"], nccl_available=True)
+    assert shared == ("3 ranks on this machine share cuda:0 (NCCL needs one GPU per rank): "
+                      "gradients are reduced through the host")  # fmt: skip
+    assert device_reduction(["cuda:0", "cuda:1"], nccl_available=False).startswith(
+        "NCCL is not installed"
+    )

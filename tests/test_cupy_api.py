@@ -1,6 +1,6 @@
 """CuPy's API as the shim calls it, checked against the real CuPy package without a GPU
 (`pip install cupy-cuda12x` imports on any machine; only device calls fail). Every `cupy.*`
-chain in backend.py must exist, and the calls on CuPy objects must accept our arguments."""
+chain in the backend package must exist, and the calls on CuPy objects must accept our arguments."""
 
 import ast
 import inspect
@@ -10,13 +10,15 @@ import pytest
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install cupy-cuda12x)")
 
-BACKEND = Path(__file__).resolve().parents[1] / "xpcnn" / "backend.py"
+BACKEND = Path(__file__).resolve().parents[1] / "xpcnn" / "backend"
 
 
 def _cupy_chains() -> set[str]:
-    """Dotted names rooted at `cupy` in backend.py: cupy.cuda.runtime.getDeviceCount, ..."""
+    """Dotted names rooted at `cupy` in the backend package: cupy.cuda.runtime.getDeviceCount,
+    ..."""
     chains = set()
-    for node in ast.walk(ast.parse(BACKEND.read_text())):
+    nodes = [n for path in BACKEND.glob("*.py") for n in ast.walk(ast.parse(path.read_text()))]
+    for node in nodes:
         parts = []
         while isinstance(node, ast.Attribute):
             parts.append(node.attr)

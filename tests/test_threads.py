@@ -1,4 +1,6 @@
-"""Element-wise passes block by block and on a thread pool (`for_blocks`) against one pass."""
+"""Element-wise passes block by block and on a thread pool (`for_blocks`) against one pass. The
+block path is NumPy's plan; these tests force it (`backend.PLAN`), so they hold on any backend,
+also where passes run whole (CuPy, torch, array_api_strict)."""
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from xpcnn.layers import GELU, BatchNorm1D, BatchNorm2D, MaxPool2D, pooling
 
 @pytest.mark.parametrize("threaded", [False, True])
 def test_for_blocks_visits_every_row_once_in_blocks_of_the_set_size(threaded, monkeypatch):
+    monkeypatch.setattr(backend, "PLAN", "blocks")
     monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 30)
     monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 30)
     monkeypatch.setattr(backend, "THREADS", 2)
@@ -19,7 +22,21 @@ def test_for_blocks_visits_every_row_once_in_blocks_of_the_set_size(threaded, mo
     assert covered == list(range(23)) and seen[0] == slice(0, 3)
 
 
+def test_the_plan_is_whole_arrays_everywhere_but_numpy(monkeypatch):
+    import array_api_compat.numpy as compat_numpy
+    import numpy
+
+    monkeypatch.setattr(backend, "PLAN", None)
+    assert not backend.whole_arrays(compat_numpy) and not backend.whole_arrays(numpy)
+    strict = pytest.importorskip("array_api_strict")
+    assert backend.whole_arrays(strict)
+    seen = []
+    for_blocks(lambda i, rows: seen.append(rows), 23, 10 << 20, strict)
+    assert seen == [slice(0, 23)]  # one block however large the rows
+
+
 def test_for_blocks_raises_what_a_threaded_block_raises(monkeypatch):
+    monkeypatch.setattr(backend, "PLAN", "blocks")
     monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 1)
     monkeypatch.setattr(backend, "THREADS", 2)
 
@@ -59,7 +76,9 @@ def test_blocked_passes_match_one_pass(make, shape, threads, monkeypatch):
     monkeypatch.setattr(pooling, "BLOCKED_ELEMENTS", 1 << 40)
     monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 1 << 40)
     monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 1 << 40)
+    monkeypatch.setattr(backend, "PLAN", "whole")
     expected = _forward_backward(make, x, dy)
+    monkeypatch.setattr(backend, "PLAN", "blocks")
     monkeypatch.setattr(pooling, "BLOCKED_ELEMENTS", 0)
     monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 50)  # a few rows or images per block
     monkeypatch.setattr(backend, "THREADED_BLOCK_ELEMENTS", 50)

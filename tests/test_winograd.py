@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from gradcheck import gradient_error, relative_error
 
+from xpcnn import backend
 from xpcnn.backend import asarray, to_numpy
 from xpcnn.layers import Conv2D, winograd
 from xpcnn.layers.conv import choose_algorithm
@@ -71,6 +72,7 @@ def test_winograd_matches_im2col_in_float32_at_the_fast_presets_widths(algorithm
 
 @pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
 def test_winograd_in_chunks_of_images_matches_im2col(algorithm, monkeypatch):
+    monkeypatch.setattr(backend, "PLAN", "blocks")  # chunks on any backend, as NumPy cuts them
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one image per chunk
     assert _worst_error(algorithm, (5, 7, 6, 3), 4, "same", "float64") < 1e-10
 
@@ -108,6 +110,14 @@ def test_transformed_kernel_has_one_slab_per_tile_position():
     weight = asarray(np.ones((5, 3, 3, 3), dtype=np.float32))
     assert transform_kernel(weight, 2).shape == (16, 3, 5)
     assert transform_kernel(weight, 4).shape == (36, 3, 5)
+
+
+@pytest.mark.parametrize(("plan", "expected"), [("blocks", "winograd4"), ("whole", "im2col")])
+def test_auto_takes_winograd_on_the_cpu_plan_and_im2col_on_an_accelerator(plan, expected,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setattr(backend, "PLAN", plan)
+    assert choose_algorithm((3, 3), 1, 64) == expected
+    assert Conv2D(64, 64, 3).algorithm == expected
 
 
 def test_auto_keeps_im2col_for_other_shapes():

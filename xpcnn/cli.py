@@ -257,6 +257,8 @@ def _train(args: argparse.Namespace) -> int:
 
     options = {name: getattr(args, name) for name in TrainConfig.names() if name in args}
     comm = communicator()
+    if comm.note and comm.is_root:
+        print(f"xpcnn: note: {comm.note}", file=sys.stderr)
     bar = ProgressBar(file=sys.stderr)
     try:
         train(options, args.out, resume=args.resume, force=args.force, comm=comm,

@@ -14,11 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import BackendError, backend_name, device, namespace, to_numpy
+from xpcnn.backend import (
+    BackendError,
+    active_device,
+    backend_name,
+    device,
+    device_name,
+    namespace,
+    to_numpy,
+)
 
 # set by the launchers of Open MPI, MPICH / Intel MPI (PMI) and PMIx
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+# the rank among those on this machine: Open MPI, MPICH's Hydra, Slurm's srun
+_LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
 
 
 class Communicator:
@@ -26,6 +36,7 @@ class Communicator:
     `MPI` is the one of several."""
 
     rank, size, local_rank = 0, 1, 0
+    note: str | None = None  # why the job runs other than asked (one line), for the CLI to show
 
     @property
     def is_root(self) -> bool:
@@ -67,7 +78,13 @@ class MPI(Communicator):
         self.local_rank = local.Get_rank()
         self.nccl = None
         if backend_name() == "cupy":
-            self.nccl = _nccl_communicator(self)
+            from cupy.cuda import nccl
+
+            # the backend chose each rank's GPU (active_device); NCCL needs one GPU per rank
+            devices = local.allgather(device_name(active_device()))
+            self.note = device_reduction(devices, nccl.available)
+            if self.note is None:
+                self.nccl = _nccl_communicator(self)
 
     def average_gradients(self, model: Any, count: int) -> None:
         """Replace each parameter's gradient of this rank's mean loss over its `count` images by
@@ -133,12 +150,31 @@ def abort_job(code: int) -> None:
             mpi.COMM_WORLD.Abort(code)
 
 
+def launched_local_rank() -> int | None:
+    """This process's rank among the launcher's processes on this machine, readable before MPI
+    starts; None outside a launcher."""
+    return _from_environment(_LOCAL_RANK_VARIABLES, None)
+
+
+def device_reduction(devices: list[str], nccl_available: bool) -> str | None:
+    """None when NCCL can reduce between the GPUs of one machine's ranks (`devices`, one per
+    local rank), else the note that says why the gradients are reduced on the host instead."""
+    if not nccl_available:
+        return "NCCL is not installed (pip install nvidia-nccl-cu12 or -cu13): gradients are " \
+               "reduced through the host"  # fmt: skip
+    shared = sorted({d for d in devices if devices.count(d) > 1})
+    if shared:
+        return f"{len(devices)} ranks on this machine share {', '.join(shared)} (NCCL needs one " \
+               "GPU per rank): gradients are reduced through the host"  # fmt: skip
+    return None
+
+
 def launched_rank() -> int:
     """This process's rank as its launcher says (0 outside MPI), readable before MPI starts."""
     return _from_environment(_RANK_VARIABLES, 0)
 
 
-def _from_environment(variables: tuple[str, ...], default: int) -> int:
+def _from_environment(variables: tuple[str, ...], default: int | None) -> int | None:
     for variable in variables:
         value = os.environ.get(variable, "").strip()
         if value.isdigit():
@@ -152,13 +188,11 @@ def communicator() -> Communicator:
 
 
 def _nccl_communicator(mpi: MPI) -> Any:
-    """NCCL between the ranks' GPUs (one per rank, from the local rank unless XPCNN_DEVICE
-    says otherwise), its unique id broadcast over MPI; gradients never leave the device."""
+    """NCCL between the ranks' GPUs (each rank's chosen by the backend), its unique id
+    broadcast over MPI; gradients never leave the device."""
     import cupy
     from cupy.cuda import nccl
 
-    if not os.environ.get("XPCNN_DEVICE"):
-        cupy.cuda.Device(mpi.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
     uid = mpi.comm.bcast(nccl.get_unique_id() if mpi.rank == 0 else None, root=0)
     comm = nccl.NcclCommunicator(mpi.size, uid, mpi.rank)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import device, dtype_of, namespace, sliding_windows
+from xpcnn.backend import (
+    active_namespace,
+    device,
+    dtype_of,
+    namespace,
+    sliding_windows,
+    whole_arrays,
+)
 from xpcnn.layers import winograd
 from xpcnn.layers.base import Layer, he_normal, zeros
 
@@ -95,12 +102,14 @@ WINOGRAD_MIN_CHANNELS = 16
 
 
 def choose_algorithm(kernel: tuple[int, int], stride: int, in_channels: int) -> str:
-    """The faster algorithm for a layer's shape, as measured (BENCHMARKS.md): Winograd needs a
-    3×3 stride-1 kernel, and pays when C_in is wide enough that its GEMMs, not its transforms,
-    dominate."""
+    """The algorithm for a layer's shape on the active backend. On the CPU (NumPy's plan of
+    blocks), as measured (BENCHMARKS.md): Winograd needs a 3×3 stride-1 kernel, and pays when
+    C_in is wide enough that its GEMMs, not its transforms, dominate. Where passes run whole (an
+    accelerator): im2col, a third of Winograd's array operations (each a kernel launch), and
+    with TF32 GEMMs (CUPY_TF32=1) 13x less error (benchmarks/tf32_winograd.py)."""
     if kernel != (3, 3) or stride != 1 or in_channels < WINOGRAD_MIN_CHANNELS:
         return "im2col"
-    return "winograd4"
+    return "im2col" if whole_arrays(active_namespace()) else "winograd4"
 
 
 class Conv2D(Layer):

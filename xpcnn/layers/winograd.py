@@ -28,7 +28,7 @@ from __future__ import annotations
 from fractions import Fraction as F
 from typing import Any
 
-from xpcnn.backend import device, namespace, sliding_windows
+from xpcnn.backend import device, namespace, precise_matmul, sliding_windows, whole_arrays
 
 # Lavin & Gray's matrices (interpolation points 0, ±1 for m = 2; 0, ±1, ±2 for m = 4; and ∞)
 TRANSFORMS = {
@@ -69,8 +69,19 @@ def _kron(a: list, b: list) -> list[list[float]]:
     return [[float(x * y) for x in row_a for y in row_b] for row_a in a for row_b in b]
 
 
-def _constant(matrix: list, like: Any) -> Any:
-    return namespace(like).asarray(matrix, dtype=like.dtype, device=device(like))
+_KRONECKER: dict[tuple, Any] = {}
+
+
+def kronecker(m: int, name: str, like: Any) -> Any:
+    """M ⊗ M for M = TRANSFORMS[m][name] ("G", "BT", "AT"): a 2-D transform as one GEMM, made
+    once per (m, name, dtype, device) and kept on the device, never rebuilt or copied per call."""
+    key = (m, name, type(like), str(like.dtype), str(device(like)))
+    if key not in _KRONECKER:
+        matrix = TRANSFORMS[m][name]
+        _KRONECKER[key] = namespace(like).asarray(
+            _kron(matrix, matrix), dtype=like.dtype, device=device(like)
+        )
+    return _KRONECKER[key]
 
 
 def transform_kernel(weight: Any, m: int) -> Any:
@@ -78,16 +89,14 @@ def transform_kernel(weight: Any, m: int) -> Any:
     xp = namespace(weight)
     c_out, c_in = weight.shape[:2]
     g = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (9, c_in * c_out))
-    g_kron = _constant(_kron(TRANSFORMS[m]["G"], TRANSFORMS[m]["G"]), weight)  # (α², 9)
-    return xp.reshape(g_kron @ g, (-1, c_in, c_out))
+    return xp.reshape(precise_matmul(kronecker(m, "G", weight), g), (-1, c_in, c_out))  # (α², 9)
 
 
 def kernel_grad(du: Any, m: int) -> Any:
     """The adjoint of transform_kernel: dU (α², C_in, C_out) → dg (C_out, C_in, 3, 3)."""
     xp = namespace(du)
     alpha2, c_in, c_out = du.shape
-    g_kron = _constant(_kron(TRANSFORMS[m]["G"], TRANSFORMS[m]["G"]), du)
-    dg = g_kron.T @ xp.reshape(du, (alpha2, c_in * c_out))
+    dg = precise_matmul(kronecker(m, "G", du).T, xp.reshape(du, (alpha2, c_in * c_out)))
     return xp.permute_dims(xp.reshape(dg, (3, 3, c_in, c_out)), (3, 2, 0, 1))
 
 
@@ -110,8 +119,7 @@ def transform_input(padded: Any, tiles: tuple[int, int], m: int) -> Any:
     alpha = m + 2
     windows = sliding_windows(padded, (alpha, alpha), m)  # (n, TH, TW, α, α, C), a view
     d = xp.reshape(xp.permute_dims(windows, (3, 4, 0, 1, 2, 5)), (alpha * alpha, -1))
-    bt = TRANSFORMS[m]["BT"]
-    v = _constant(_kron(bt, bt), padded) @ d
+    v = precise_matmul(kronecker(m, "BT", padded), d)
     return xp.reshape(v, (alpha * alpha, n * tiles[0] * tiles[1], c))
 
 
@@ -121,8 +129,7 @@ def add_input_grad(dpadded: Any, start: int, dv: Any, tiles: tuple[int, int], m:
     xp = namespace(dv)
     th, tw = tiles
     alpha, c = m + 2, dv.shape[2]
-    bt = TRANSFORMS[m]["BT"]
-    dd = _constant(_kron(bt, bt), dv).T @ xp.reshape(dv, (alpha * alpha, -1))
+    dd = precise_matmul(kronecker(m, "BT", dv).T, xp.reshape(dv, (alpha * alpha, -1)))
     dd = xp.reshape(dd, (alpha, alpha, -1, th, tw, c))
     images = slice(start, start + dd.shape[2])
     for i in range(alpha):
@@ -137,8 +144,7 @@ def output_tiles(mm: Any, tiles: tuple[int, int], m: int) -> Any:
     xp = namespace(mm)
     th, tw = tiles
     alpha, c = m + 2, mm.shape[2]
-    at = TRANSFORMS[m]["AT"]
-    y = _constant(_kron(at, at), mm) @ xp.reshape(mm, (alpha * alpha, -1))
+    y = precise_matmul(kronecker(m, "AT", mm), xp.reshape(mm, (alpha * alpha, -1)))
     return xp.permute_dims(xp.reshape(y, (m, m, -1, th, tw, c)), (2, 3, 0, 4, 1, 5))
 
 
@@ -149,14 +155,18 @@ def output_grad(dy: Any, m: int) -> Any:
     n, oh, ow, c = dy.shape
     alpha = m + 2
     dy = xp.permute_dims(xp.reshape(dy, (n, oh // m, m, ow // m, m, c)), (2, 4, 0, 1, 3, 5))
-    at = TRANSFORMS[m]["AT"]
-    dm = _constant(_kron(at, at), dy).T @ xp.reshape(dy, (m * m, -1))
+    dm = precise_matmul(kronecker(m, "AT", dy).T, xp.reshape(dy, (m * m, -1)))
     return xp.reshape(dm, (alpha * alpha, -1, c))
 
 
-def chunk_images(tiles: tuple[int, int], channels: int, m: int, itemsize: int = 4) -> int:
+def chunk_images(
+    n: int, tiles: tuple[int, int], channels: int, m: int, xp: Any, itemsize: int = 4
+) -> int:
     """Images per chunk, so that a chunk's transformed tiles take about CHUNK_BYTES: the
-    transforms and GEMMs then work in cache, and M, dM, dV live one chunk at a time."""
+    transforms and GEMMs then work in cache, and M, dM, dV live one chunk at a time. All n
+    images at once where passes run on whole arrays (an accelerator: `whole_arrays`)."""
+    if whole_arrays(xp):
+        return n
     per_image = (m + 2) ** 2 * tiles[0] * tiles[1] * channels * itemsize
     return max(1, CHUNK_BYTES // per_image)
 
@@ -170,7 +180,7 @@ def forward(padded: Any, u: Any, tiles: tuple[int, int], m: int) -> tuple[Any, l
     xp = namespace(padded)
     n, c_in, c_out = padded.shape[0], u.shape[1], u.shape[2]
     th, tw = tiles
-    step = chunk_images(tiles, max(c_in, c_out), m)
+    step = chunk_images(n, tiles, max(c_in, c_out), m, xp)
     y = xp.empty((n, th, m, tw, m, c_out), dtype=padded.dtype, device=device(padded))
     vs = []
     for start in range(0, n, step):

@@ -1,4 +1,4 @@
-"""The only module that knows one array library from another.
+"""The only package that knows one array library from another (this module, and `random`).
 
 `XPCNN_BACKEND` picks the array namespace: ``numpy`` (default), ``cupy``, ``auto`` (CuPy when a
 CUDA device is usable, else NumPy), or any other namespace `array-api-compat` can wrap
@@ -10,7 +10,9 @@ per gap of the array API standard:
     to_numpy        device array -> host NumPy array
     asarray         host data -> array of the active backend (on its device)
     sliding_windows every kh×kw window of an image batch, a strided view where the library has one
+    whole_arrays    whether passes run whole (an accelerator) or in cache-sized blocks (NumPy)
     for_blocks      an element-wise pass block by block: in cache, and on every core with NumPy
+    precise_matmul  a GEMM kept in float32 where CuPy would run it in TF32
     synchronize     wait for queued device work (timing)
     device_info     name and memory of the device, for `xpcnn info`
 """
@@ -84,21 +86,33 @@ def active_namespace() -> Any:
 
 
 def active_device() -> Any:
-    """The device every array is created on: XPCNN_DEVICE resolved for the active backend
-    (`cpu`; `cuda:N` for CuPy and torch; array_api_strict's `CPU_DEVICE`, `device1`, ...),
-    else the backend's default. A device the backend does not have is a BackendError."""
-    return _device(backend_name(), os.environ.get("XPCNN_DEVICE", "").strip())
+    """The device every array is created on, chosen here and nowhere else: XPCNN_DEVICE resolved
+    for the active backend (`cpu`; `cuda:N` for CuPy and torch; array_api_strict's `CPU_DEVICE`,
+    `device1`, ...); without it, in a process an MPI launcher started, the local rank's device
+    (`local_rank % count` of CuPy's GPUs, or of array_api_strict's extra devices, which stand in
+    for them in tests), so the ranks of one machine never share a GPU whatever first asks for
+    the device; else the backend's default. A device the backend does not have is a
+    BackendError."""
+    from xpcnn.distributed import launched_local_rank  # the owner of ranks; reads the launcher
+
+    name = os.environ.get("XPCNN_DEVICE", "").strip()
+    return _device(backend_name(), name, None if name else launched_local_rank())
 
 
 @cache
-def _device(backend: str, name: str) -> Any:
+def _device(backend: str, name: str, local_rank: int | None = None) -> Any:
     xp = _load(backend)
     if backend == "cupy":
         cupy = importlib.import_module("cupy")
         devices = {f"cuda:{i}": i for i in range(cupy.cuda.runtime.getDeviceCount())}
         if name and name not in devices:
             raise _no_device(backend, name, devices)
-        device = cupy.cuda.Device(devices[name]) if name else cupy.cuda.Device()
+        if name:
+            device = cupy.cuda.Device(devices[name])
+        elif local_rank is not None:
+            device = cupy.cuda.Device(local_rank % len(devices))
+        else:
+            device = cupy.cuda.Device()
         device.use()  # CuPy creates arrays on its current device
         return device
     if backend == "torch":
@@ -112,6 +126,10 @@ def _device(backend: str, name: str) -> Any:
         devices = {device_name(d): d for d in info.devices()}
         if name and name not in devices:
             raise _no_device(backend, name, devices)
+        # device1, device2: its stand-ins for accelerators (the others restrict dtypes)
+        extra = [d for d in info.devices() if device_name(d).startswith("device")]
+        if not name and local_rank is not None and extra:
+            return extra[local_rank % len(extra)]
         return devices[name] if name else info.default_device()
     if name and name != "cpu":
         raise _no_device(backend, name, ["cpu"])
@@ -203,6 +221,20 @@ def sliding_windows(x: Any, window: tuple[int, int], stride: int) -> Any:
     return windows
 
 
+# How a pass over a large array is cut, decided here for every layer. NumPy on a CPU: blocks of
+# rows in cache and Winograd chunks of images, threads where measured. Every other namespace
+# (CuPy; torch, whose own kernels are threaded on a CPU and launched on a GPU; array_api_strict,
+# whose devices stand in for an accelerator in CI): whole arrays, since there each array
+# operation is a kernel launch (~10 µs of host time on CuPy), and more pieces only add launches.
+# None: by namespace; "blocks" or "whole": forced (tests exercise both paths on any backend).
+PLAN: str | None = None
+
+
+def whole_arrays(xp: Any) -> bool:
+    """Whether passes run on whole arrays (`PLAN`) rather than block by block."""
+    return PLAN == "whole" if PLAN is not None else not is_numpy(xp)
+
+
 # for_blocks, as measured (BENCHMARKS.md): a block of 64 Ki float32 elements keeps a chain of
 # element-wise operations in L2; threads pay only where ufuncs outweigh the GIL handoffs between
 # them (GELU's tanh), with blocks of 256 Ki elements
@@ -224,11 +256,10 @@ def for_blocks(
 
     NumPy: the blocks run in order, each block's chain of operations in cache; `threaded`: on a
     pool of THREADS threads (NumPy releases the GIL inside ufuncs), so the pass uses every core.
-    CuPy: one block (a GPU kernel is parallel already; more blocks only add launches). Other
-    namespaces (array_api_strict, torch): the blocks in order, so CI runs the block path.
+    Every other namespace (`whole_arrays`): one block, the whole array.
     """
     size = THREADED_BLOCK_ELEMENTS if threaded and THREADS > 1 else BLOCK_ELEMENTS
-    step = rows if is_cupy(xp) else max(1, size // max(row_size, 1))
+    step = rows if whole_arrays(xp) else max(1, size // max(row_size, 1))
     blocks = [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
     if threaded and is_numpy(xp) and THREADS > 1 and len(blocks) > 1:
         for _ in _pool(THREADS).map(fn, range(len(blocks)), blocks):
@@ -236,6 +267,22 @@ def for_blocks(
         return
     for i, block in enumerate(blocks):
         fn(i, block)
+
+
+def precise_matmul(a: Any, b: Any) -> Any:
+    """a @ b with float32 operands kept whole where CUPY_TF32=1 sends CuPy's GEMMs through TF32
+    (10 mantissa bits): for products with exact constants whose error TF32 would amplify (the
+    Winograd transforms; benchmarks/tf32_winograd.py measures it). Elsewhere plain a @ b."""
+    if not is_cupy(namespace(a, b)):
+        return a @ b
+    cupy = importlib.import_module("cupy")
+    linalg = cupy._core._routines_linalg  # a host-side switch: no sync, fine inside a capture
+    previous = linalg.get_compute_type(a.dtype)
+    linalg.set_compute_type(a.dtype, linalg.COMPUTE_TYPE_FP32)
+    try:
+        return a @ b
+    finally:
+        linalg.set_compute_type(a.dtype, previous)
 
 
 def synchronize() -> None:
@@ -296,74 +343,5 @@ def _host_dtype(dtype: Any) -> np.dtype:
     return np.dtype(dtype)
 
 
-class Generator:
-    """Seeded random numbers on the active backend's device.
-
-    Seeds are tuples of integers (`Generator(42, epoch)`), so each epoch or stream gets its own
-    reproducible generator and nothing needs to be checkpointed but the seed. NumPy and CuPy draw
-    on their own device; other namespaces draw with NumPy and convert.
-    """
-
-    def __init__(self, *seed: int) -> None:
-        self.seed = tuple(int(s) for s in seed)
-        self.xp, self.device = active_namespace(), active_device()
-        self._entropy = np.random.SeedSequence(list(self.seed) or [0])
-        self._host_rng = np.random.default_rng(self._entropy.spawn(1)[0])
-        self._device_rng: Any = None  # made at the first draw: many generators never draw
-
-    @property
-    def _rng(self) -> Any:
-        if self._device_rng is None:
-            if is_cupy(self.xp):  # Philox: cheap to seed (XORWOW sets up ~270k states)
-                cupy = importlib.import_module("cupy")
-                key = int(self._entropy.generate_state(1, np.uint64)[0])
-                self._device_rng = cupy.random.Generator(cupy.random.Philox4x3210(key))
-            else:
-                self._device_rng = np.random.default_rng(self._entropy)
-        return self._device_rng
-
-    def _out(self, values: Any, dtype: Any) -> Any:
-        if is_numpy(self.xp) or is_cupy(self.xp):
-            return values
-        return self.xp.asarray(values, device=self.device)
-
-    def normal(self, shape: tuple[int, ...], std: float = 1.0, dtype: Any = "float32") -> Any:
-        dtype = dtype_of(dtype, self.xp)
-        if is_cupy(self.xp):
-            return self._rng.standard_normal(shape, dtype=dtype) * std
-        values = self._rng.standard_normal(shape).astype(_host_dtype(dtype))
-        return self._out(values * np.asarray(std, dtype=values.dtype), dtype)
-
-    def uniform(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
-        """Uniform numbers in [0, 1)."""
-        dtype = dtype_of(dtype, self.xp)
-        if is_cupy(self.xp):
-            return self._rng.random(shape, dtype=dtype)
-        values = self._rng.random(shape, dtype=_host_dtype(dtype))
-        return self._out(values, dtype)
-
-    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
-        """Integers in [low, high) as int64."""
-        values = self._rng.integers(low, high, size=shape, dtype="int64")
-        return self._out(values, self.xp.int64)
-
-    def permutation(self, n: int) -> np.ndarray:
-        """A permutation of range(n) on the host (indices for shuffling; cheap to make anywhere)."""
-        return self._host_rng.permutation(n)
-
-
-_default = {"generator": None}
-
-
-def manual_seed(*seed: int) -> Generator:
-    """Seed the default generator (weight initialisation, dropout), like `torch.manual_seed`."""
-    _default["generator"] = Generator(*seed)
-    return _default["generator"]
-
-
-def default_generator() -> Generator:
-    """The generator set by `manual_seed`; seeded with 0 if none was set on this backend."""
-    gen = _default["generator"]
-    if gen is None or gen.xp is not active_namespace() or gen.device != active_device():
-        gen = manual_seed(*(gen.seed if gen is not None else (0,)))
-    return gen
+# the random numbers, re-exported: `from xpcnn.backend import Generator, manual_seed`
+from xpcnn.backend.random import Generator, default_generator, manual_seed  # noqa: E402, F401
