@@ -11,11 +11,21 @@ from collections import OrderedDict
 from typing import Any
 
 from xpcnn.backend import asarray, device, namespace, to_numpy
+from xpcnn.layers.flat import FlatState
 
 
 class Optimizer:
     """Base: `slot_kinds` names the per-parameter state an optimizer keeps ("momentum.0.weight").
-    `lookahead`: a `Lookahead` run after every step (`Lookahead.attach`)."""
+    `lookahead`: a `Lookahead` run after every step (`Lookahead.attach`).
+
+    The update works on the model's flat buffers (`FlatState`): a few array operations for the
+    whole model, whatever its number of parameters. Each slot kind is one flat buffer per dtype
+    too; `slots` maps "kind.name" to each trained parameter's view of it (what checkpoints hold).
+    Inside a step every value that changes from step to step lives on the device: the learning
+    rate is read from a table of the schedule (`set_schedule`) at a device step index, so the
+    step issues the same operations with the same arguments every time (a CUDA graph can
+    replay it) and reads nothing back to the host.
+    """
 
     slot_kinds: tuple[str, ...] = ()
     lookahead: Lookahead | None = None
@@ -23,30 +33,84 @@ class Optimizer:
     def __init__(self, model: Any, lr: float, weight_decay: float = 0.0) -> None:
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
-        self.model, self.lr, self.weight_decay = model, lr, weight_decay
+        self.model, self.weight_decay = model, weight_decay
+        self.flat = FlatState.of(model)
         self.steps = 0
-        self.slots: OrderedDict[str, Any] = OrderedDict()  # name of slot.param -> array
+        self.slots: OrderedDict[str, Any] = OrderedDict()  # name of slot.param -> a view
+        self.flat_slots: dict[tuple[str, int], Any] = {}  # (kind, group) -> flat buffer
+        self.lr = lr
 
-    def slot(self, kind: str, name: str, like: Any) -> Any:
-        key = f"{kind}.{name}"
-        if key not in self.slots:
-            self.slots[key] = namespace(like).zeros_like(like)
-        return self.slots[key]
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (the schedule's, when one is set)."""
+        return self.schedule(self.steps) if self.schedule is not None else self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """A constant learning rate from now on (one copy to the device at the next step)."""
+        self._lr, self.schedule, self._lr_table = float(value), None, None
+        self._lr_device = None
+
+    def set_schedule(self, schedule: Any, total_steps: int) -> None:
+        """Learning rates from `schedule(step)` for steps 0 ... total_steps − 1, as one table on
+        the device (one copy, now), read at the device's step index inside each step."""
+        self.schedule = schedule
+        rates = [schedule(step) for step in range(max(total_steps, 1))]
+        like = self.flat.groups[0].state if self.flat.groups else None
+        self._lr_table = asarray(rates, dtype=like.dtype if like is not None else "float32",
+                                 device=device(like) if like is not None else None)  # fmt: skip
+        self._step_index, self._index_at = None, None
+
+    def _device_lr(self) -> Any:
+        """The learning rate as a device array: a lookup of the schedule's table at the step
+        index (which then moves on), or the constant; the host never writes inside a step once
+        the index is there (it is sent again only when `steps` was changed from outside)."""
+        like = self.flat.groups[0].state
+        xp = namespace(like)
+        if self._lr_table is None:
+            if self._lr_device is None:
+                self._lr_device = asarray([self._lr], dtype=like.dtype, device=device(like))
+            return self._lr_device
+        last = self._lr_table.shape[0] - 1
+        if self._index_at != self.steps:  # a fresh table, or steps set by a restore
+            index = min(self.steps, last)
+            self._step_index = asarray([index], "int64", device=device(like))
+        lr = xp.take(self._lr_table, self._step_index)
+        if self.steps < last:
+            self._step_index += 1
+        self._index_at = self.steps + 1
+        return lr
+
+    def flat_slot(self, kind: str, group_index: int) -> Any:
+        """The flat buffer of slot `kind` for a group, made (zeros) at its first use, with each
+        trained parameter's view in `slots`."""
+        key = (kind, group_index)
+        if key not in self.flat_slots:
+            group = self.flat.groups[group_index]
+            xp = namespace(group.params)
+            self.flat_slots[key] = xp.zeros_like(group.params)
+            for g, entry in self.flat.trained():
+                if g is group:
+                    view = self.flat_slots[key][entry.start : entry.stop]
+                    self.slots[f"{kind}.{entry.name}"] = xp.reshape(view, entry.shape)
+        return self.flat_slots[key]
 
     def step(self) -> None:
         """Update every parameter the model does not freeze. A parameter with learning-rate
         scale s takes lr·s and weight decay λ/s: its weight-decay step lr·λ·θ is unscaled."""
+        self.flat.sync()
+        self.flat.gather_gradients()
+        if self.flat.groups:
+            lr = self._device_lr()
+            for index, group in enumerate(self.flat.groups):
+                self.update(index, group, lr)
         self.steps += 1
-        grads = self.model.grads()
-        scales = dict(self.model.named_lr_scales())
-        for name, param in self.model.named_parameters():
-            scale = scales.get(name, 1.0)
-            if scale > 0:
-                self.update(name, param, grads[name], self.lr * scale, self.weight_decay / scale)
         if self.lookahead is not None:
             self.lookahead.after_step(self)
 
-    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
+    def update(self, index: int, group: Any, lr: Any) -> None:
+        """Update group `index` (its `params`, `grads`, `scales`) with learning rate `lr`, a
+        one-element device array."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -86,8 +150,18 @@ class Optimizer:
                     f"optimizer state {key!r}: expected float {tuple(like.shape)}, got "
                     f"{value.dtype} {tuple(value.shape)}"
                 )
-            slots[key] = asarray(value, dtype=like.dtype, device=device(like), copy=True)
-        self.steps, self.slots = int(steps), slots
+            slots[key] = asarray(value, dtype=like.dtype, device=device(like))
+        self.steps = int(steps)
+        self.slots, self.flat_slots = OrderedDict(), {}
+        if self.lookahead is not None and any(k.startswith("slow.") for k in slots):
+            self.lookahead.attach(self)
+        self.flat.sync()
+        for key, value in slots.items():
+            kind = key.partition(".")[0]
+            if kind != "slow":
+                for index in range(len(self.flat.groups)):
+                    self.flat_slot(kind, index)
+            self.slots[key][...] = value
 
 
 class SGD(Optimizer):
@@ -108,21 +182,23 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
 
-    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
-        if weight_decay:
-            grad = grad + weight_decay * param
+    def update(self, index: int, group: Any, lr: Any) -> None:
+        grad, param = group.grads, group.params
+        if self.weight_decay:
+            grad = grad + (self.weight_decay * group.inverse_scales) * param
         if self.momentum:
-            velocity = self.slot("momentum", name, param)
+            velocity = self.flat_slot("momentum", index)
             velocity *= self.momentum
             velocity += grad
             grad = grad + self.momentum * velocity if self.nesterov else velocity
-        param -= lr * grad
+        param -= (lr * group.scales) * grad
 
 
 class Adam(Optimizer):
     """m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η·m̂/(√v̂ + ε), bias-corrected.
 
-    `weight_decay` adds λθ to the gradient (L2), as PyTorch's Adam does.
+    `weight_decay` adds λθ to the gradient (L2), as PyTorch's Adam does. The bias corrections
+    1 − β^t are computed on the device from a device step count.
     """
 
     decoupled = False
@@ -138,23 +214,31 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(model, lr, weight_decay)
         self.betas, self.eps = betas, eps
+        self._t, self._t_at = None, None
 
-    def update(self, name: str, param: Any, grad: Any, lr: float, weight_decay: float) -> None:
-        xp = namespace(param)
+    def update(self, index: int, group: Any, lr: Any) -> None:
+        xp = namespace(group.params)
         beta1, beta2 = self.betas
-        if weight_decay and self.decoupled:
-            param *= 1.0 - lr * weight_decay
-        elif weight_decay:
-            grad = grad + weight_decay * param
-        m = self.slot("exp_avg", name, param)
-        v = self.slot("exp_avg_sq", name, param)
+        grad, param = group.grads, group.params
+        if index == 0:  # the step count t, once per step, on the device
+            if self._t_at != self.steps:
+                self._t = asarray([float(self.steps)], dtype=param.dtype, device=device(param))
+            self._t += 1.0
+            self._t_at = self.steps + 1
+        step_lr = lr * group.scales
+        if self.weight_decay and self.decoupled:  # θ(1 − ηλ): the scale cancels in lr·s·λ/s
+            param *= 1.0 - step_lr * (self.weight_decay * group.inverse_scales)
+        elif self.weight_decay:
+            grad = grad + (self.weight_decay * group.inverse_scales) * param
+        m = self.flat_slot("exp_avg", index)
+        v = self.flat_slot("exp_avg_sq", index)
         m *= beta1
         m += (1.0 - beta1) * grad
         v *= beta2
-        v += (1.0 - beta2) * grad * grad
-        m_hat_scale = 1.0 / (1.0 - beta1**self.steps)
-        v_hat_scale = 1.0 / (1.0 - beta2**self.steps)
-        param -= lr * (m * m_hat_scale) / (xp.sqrt(v * v_hat_scale) + self.eps)
+        v += (1.0 - beta2) * (grad * grad)
+        m_hat = m / (1.0 - beta1**self._t)
+        v_hat = v / (1.0 - beta2**self._t)
+        param -= step_lr * m_hat / (xp.sqrt(v_hat) + self.eps)
 
 
 class AdamW(Adam):
@@ -177,7 +261,9 @@ class Lookahead:
 
     so early steps are barely averaged and late ones keep a long memory; after the last step
     (step ≥ total_steps) fast ← slow. `attach` starts the slow copy from the state at that time;
-    the slow copies are the optimizer's slots "slow.<name>", so checkpoints hold them.
+    the slow copy is one flat buffer per dtype beside the model's (`FlatState`), and its views
+    are the optimizer's slots "slow.<name>", so checkpoints hold them. The sync runs after the
+    step, decided on the host by the step count (outside a captured step).
     """
 
     def __init__(
@@ -209,20 +295,29 @@ class Lookahead:
     def attach(self, optimizer: Optimizer) -> None:
         """Make `optimizer` sync its model with a slow copy of the model's state as it is now."""
         optimizer.lookahead = self
-        for name, value in self.targets(optimizer.model).items():
-            optimizer.slots[f"slow.{name}"] = namespace(value).asarray(value, copy=True)
+        flat = optimizer.flat
+        flat.sync()
+        for index, group in enumerate(flat.groups):
+            xp = namespace(group.state)
+            slow = optimizer.flat_slots[("slow", index)] = xp.asarray(group.state, copy=True)
+            for entry in group.entries:
+                view = xp.reshape(slow[entry.start : entry.stop], entry.shape)
+                optimizer.slots[f"slow.{entry.name}"] = view
 
     def after_step(self, optimizer: Optimizer) -> None:
         decay = self.decay(optimizer.steps)
         if decay is None:
             return
-        for name, fast in self.targets(optimizer.model).items():
-            xp = namespace(fast)  # a state restored without slow copies starts them here
-            slow = optimizer.slots.setdefault(f"slow.{name}", xp.asarray(fast, copy=True))
+        flat = optimizer.flat
+        flat.sync()
+        if ("slow", 0) not in optimizer.flat_slots:  # a state restored without slow copies
+            self.attach(optimizer)
+        for index, group in enumerate(flat.groups):
+            slow = optimizer.flat_slots[("slow", index)]
             if decay < 1.0:
                 slow *= decay
-                slow += (1.0 - decay) * fast
-            optimizer.model.set_state(name, xp.asarray(slow, copy=True))
+                slow += (1.0 - decay) * group.state
+            group.state[...] = slow
 
 
 # Learning-rate schedules: callables step -> lr, with step counted from 0.

@@ -157,6 +157,8 @@ def fit(
     comm = comm if comm is not None else Communicator()
     step_comm = comm if comm.size > 1 else None
     history = list(history or [])
+    if schedule is not None:  # one table on the device: the steps read it there
+        optimizer.set_schedule(schedule, epochs * len(train))
     for callback in callbacks:
         callback.on_train_begin({"epochs": epochs, "start_epoch": start_epoch})
     for epoch in range(start_epoch, epochs):
@@ -165,8 +167,6 @@ def fit(
         for callback in callbacks:
             callback.on_epoch_begin(progress)
         for x, y in train.epoch(epoch):
-            if schedule is not None:
-                optimizer.lr = schedule(optimizer.steps)
             progress.lr = optimizer.lr
             loss_sum, correct = train_step(model, optimizer, x, y, label_smoothing, step_comm)
             progress.loss_sum = progress.loss_sum + loss_sum
@@ -185,7 +185,7 @@ def fit(
             "epoch": epoch + 1,
             "train_loss": running["loss"],
             "train_acc": running["acc"],
-            "lr": optimizer.lr,
+            "lr": progress.lr if progress.batch else optimizer.lr,  # the last step's
             "seconds": seconds,
             "images_per_s": running["images"] / max(seconds, 1e-9),
         }

@@ -66,6 +66,9 @@ class Layer:
         self.frozen: set[str] = set()
         self.lr_scales: dict[str, float] = {}
         self.training = True
+        # name -> the parameter's slice of the model's flat gradient buffer (layers/flat.py)
+        self.grad_views: dict[str, Any] = {}
+        self.flat_state: Any = None
 
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
@@ -106,11 +109,19 @@ class Layer:
         self.gradients.clear()
 
     def accumulate(self, name: str, grad: Any) -> None:
-        """gradients[name] += grad (the first gradient after zero_grad is stored as it is)."""
+        """gradients[name] += grad; the first gradient after zero_grad is stored as it is, copied
+        into the model's flat gradient buffer where it has one (`grad_views`)."""
         if name in self.gradients:
             self.gradients[name] += grad
+        elif name in self.grad_views:
+            self.grad_views[name][...] = grad
+            self.gradients[name] = self.grad_views[name]
         else:
             self.gradients[name] = grad
+
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
+        """The layers this one holds, by the names their state-dict keys start with."""
+        return iter(())
 
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         yield from self.params.items()
@@ -290,6 +301,10 @@ class Sequential(Layer):
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()
+
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
+        for index, layer in enumerate(self.layers):
+            yield str(index), layer
 
     def _named(self, method: str) -> Iterator[tuple[str, Any]]:
         for index, layer in enumerate(self.layers):
