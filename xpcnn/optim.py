@@ -49,7 +49,7 @@ class Optimizer:
     def lr(self, value: float) -> None:
         """A constant learning rate from now on (one copy to the device at the next step)."""
         self._lr, self.schedule, self._lr_table = float(value), None, None
-        self._lr_device = None
+        self._lr_device, self._step_index, self._index_at = None, None, None
 
     def set_schedule(self, schedule: Any, total_steps: int) -> None:
         """Learning rates from `schedule(step)` for steps 0 ... total_steps − 1, as one table on
@@ -62,9 +62,9 @@ class Optimizer:
         self._step_index, self._index_at = None, None
 
     def _device_lr(self) -> Any:
-        """The learning rate as a device array: a lookup of the schedule's table at the step
-        index (which then moves on), or the constant; the host never writes inside a step once
-        the index is there (it is sent again only when `steps` was changed from outside)."""
+        """The learning rate as a device array: the schedule's table at the device step index
+        (which then moves on), or the constant. The host sends the index only when it does not
+        follow from the last step (a fresh table, `steps` set by a restore, past the table)."""
         like = self.flat.groups[0].state
         xp = namespace(like)
         if self._lr_table is None:
@@ -72,13 +72,10 @@ class Optimizer:
                 self._lr_device = asarray([self._lr], dtype=like.dtype, device=device(like))
             return self._lr_device
         last = self._lr_table.shape[0] - 1
-        if self._index_at != self.steps:  # a fresh table, or steps set by a restore
-            index = min(self.steps, last)
-            self._step_index = asarray([index], "int64", device=device(like))
+        if self._index_at != self.steps or self.steps >= last:
+            self._step_index = asarray([min(self.steps, last)], "int64", device=device(like))
         lr = xp.take(self._lr_table, self._step_index)
-        if self.steps < last:
-            self._step_index += 1
-        self._index_at = self.steps + 1
+        self._step_index += 1
         return lr
 
     def flat_slot(self, kind: str, group_index: int) -> Any:
@@ -98,13 +95,22 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter the model does not freeze. A parameter with learning-rate
         scale s takes lr·s and weight decay λ/s: its weight-decay step lr·λ·θ is unscaled."""
+        self.apply()
+        self.finish()
+
+    def apply(self) -> None:
+        """The step's device work (what a recorded step replays)."""
         self.flat.sync()
         self.flat.gather_gradients()
         if self.flat.groups:
             lr = self._device_lr()
             for index, group in enumerate(self.flat.groups):
                 self.update(index, group, lr)
+
+    def finish(self) -> None:
+        """The step's host bookkeeping: the count, and Lookahead's sync when one is due."""
         self.steps += 1
+        self._index_at = self.steps
         if self.lookahead is not None:
             self.lookahead.after_step(self)
 
@@ -214,17 +220,16 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(model, lr, weight_decay)
         self.betas, self.eps = betas, eps
-        self._t, self._t_at = None, None
+        self._t = None
 
     def update(self, index: int, group: Any, lr: Any) -> None:
         xp = namespace(group.params)
         beta1, beta2 = self.betas
         grad, param = group.grads, group.params
         if index == 0:  # the step count t, once per step, on the device
-            if self._t_at != self.steps:
+            if self._t is None or self._index_at != self.steps:
                 self._t = asarray([float(self.steps)], dtype=param.dtype, device=device(param))
             self._t += 1.0
-            self._t_at = self.steps + 1
         step_lr = lr * group.scales
         if self.weight_decay and self.decoupled:  # θ(1 − ηλ): the scale cancels in lr·s·λ/s
             param *= 1.0 - step_lr * (self.weight_decay * group.inverse_scales)

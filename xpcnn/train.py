@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import namespace, synchronize, to_numpy
+from xpcnn.backend import namespace, record, synchronize, to_numpy
 from xpcnn.data.augment import translate
 from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
@@ -115,22 +115,72 @@ class Callback:
     def on_train_end(self, history: list[dict[str, Any]]) -> None: ...
 
 
+class TrainStep:
+    """One step of SGD-family training as one object (Chainer's Updater): forward, loss,
+    backward, the gradients averaged over the ranks, the update; returns (summed loss, correct
+    count) on the device.
+
+    Where the backend records (`backend.record`: CuPy with XPCNN_CUDA_GRAPH=1), after `warmup`
+    eager steps on batches of one shape the step's device work is recorded once, and from then
+    on a batch of that shape is copied into the recording's input arrays and the whole step
+    replays as one launch; other shapes (an epoch's last batch) run eagerly. What makes that
+    possible holds on every backend: the step issues the same operations with the same Python
+    arguments every time (the learning rate is read on the device), rebinds no state, and reads
+    nothing back to the host.
+    """
+
+    warmup = 3
+
+    def __init__(self, model: Any, optimizer: Any, label_smoothing: float = 0.0,
+                 comm: Any = None) -> None:  # fmt: skip
+        self.model, self.optimizer, self.label_smoothing = model, optimizer, label_smoothing
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.shape, self.seen, self.recording = None, 0, None
+
+    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
+        if self.recording is not None and tuple(x.shape) == self.shape:
+            inputs, outputs, replay = self.recording
+            inputs[0][...] = x
+            inputs[1][...] = y
+            replay()
+            self.optimizer.finish()
+            return outputs
+        outputs = self.device_step(x, y)
+        self.optimizer.finish()
+        self.seen = self.seen + 1 if tuple(x.shape) == self.shape else 1
+        self.shape = tuple(x.shape)
+        if self.seen == self.warmup and self.comm is None:
+            self._record(x, y)
+        return outputs
+
+    def device_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """The step's device work: all of it but the optimizer's host bookkeeping."""
+        logits = self.model(x)
+        loss, grad = cross_entropy(logits, y, self.label_smoothing)
+        self.model.zero_grad()
+        self.model.backward(grad, input_grad=False)
+        if self.comm is not None:
+            self.comm.average_gradients(self.model, x.shape[0])
+        self.optimizer.apply()
+        xp = namespace(logits)
+        correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
+        return loss * x.shape[0], correct
+
+    def _record(self, x: Any, y: Any) -> None:
+        xp = namespace(x)
+        inputs = (xp.asarray(x, copy=True), xp.asarray(y, copy=True))
+        recorded = record(lambda: self.device_step(*inputs))
+        if recorded is not None:
+            self.recording = (inputs, recorded[0], recorded[1])
+
+
 def train_step(
     model: Any, optimizer: Any, x: Any, y: Any, label_smoothing: float = 0.0, comm: Any = None
 ):
     """One step of SGD-family training; returns (summed loss, correct count) on the device.
     With a communicator of several ranks, the gradients are those of the mean loss over every
-    rank's batch (one reduction)."""
-    logits = model(x)
-    loss, grad = cross_entropy(logits, y, label_smoothing)
-    model.zero_grad()
-    model.backward(grad, input_grad=False)
-    if comm is not None:
-        comm.average_gradients(model, x.shape[0])
-    optimizer.step()
-    xp = namespace(logits)
-    correct = xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
-    return loss * x.shape[0], correct
+    rank's batch (one reduction). (A `TrainStep` made once does the same and can record.)"""
+    return TrainStep(model, optimizer, label_smoothing, comm)(x, y)
 
 
 def fit(
@@ -155,7 +205,7 @@ def fit(
     are then this rank's shards, and the records are over all ranks.
     """
     comm = comm if comm is not None else Communicator()
-    step_comm = comm if comm.size > 1 else None
+    step = TrainStep(model, optimizer, label_smoothing, comm)
     history = list(history or [])
     if schedule is not None:  # one table on the device: the steps read it there
         optimizer.set_schedule(schedule, epochs * len(train))
@@ -168,7 +218,7 @@ def fit(
             callback.on_epoch_begin(progress)
         for x, y in train.epoch(epoch):
             progress.lr = optimizer.lr
-            loss_sum, correct = train_step(model, optimizer, x, y, label_smoothing, step_comm)
+            loss_sum, correct = step(x, y)
             progress.loss_sum = progress.loss_sum + loss_sum
             progress.correct = progress.correct + correct
             progress.batch += 1

@@ -14,6 +14,7 @@ per gap of the array API standard:
     whole_arrays    whether passes run whole (an accelerator) or in cache-sized blocks (NumPy)
     for_blocks      an element-wise pass block by block: in cache, and on every core with NumPy
     precise_matmul  a GEMM kept in float32 where CuPy would run it in TF32
+    record          a step recorded once as a CUDA graph and replayed (CuPy)
     synchronize     wait for queued device work (timing)
     device_info     name and memory of the device, for `xpcnn info`
 """
@@ -309,6 +310,36 @@ def precise_matmul(a: Any, b: Any) -> Any:
         return a @ b
     finally:
         linalg.set_compute_type(a.dtype, previous)
+
+
+_RECORDINGS: list[Any] = []  # each recording's memory pool, kept for as long as it may replay
+
+
+def record(work: Callable[[], Any]) -> tuple[Any, Callable[[], None]] | None:
+    """Record `work`'s device operations once as a CUDA graph: (what work returned, replay),
+    where replay() launches the whole recording on the current stream, one launch. The arrays
+    work made live in the recording's own memory pool (never handed to other work), so each
+    replay writes its results into the same arrays. None where the backend cannot record:
+    every backend but CuPy, and CuPy unless XPCNN_CUDA_GRAPH=1 (off until a GPU has verified
+    it). work must issue the same operations every time and read nothing back to the host."""
+    if backend_name() != "cupy" or os.environ.get("XPCNN_CUDA_GRAPH", "0").strip() != "1":
+        return None
+    cupy = importlib.import_module("cupy")
+    pool = cupy.cuda.MemoryPool()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(cupy.cuda.get_current_stream().record())  # after the work queued so far
+    with cupy.cuda.using_allocator(pool.malloc), stream:
+        stream.begin_capture(mode=cupy.cuda.runtime.streamCaptureModeRelaxed)
+        try:
+            result = work()
+        finally:
+            graph = stream.end_capture()
+    _RECORDINGS.append(pool)
+
+    def replay() -> None:
+        graph.launch(stream=cupy.cuda.get_current_stream())
+
+    return result, replay
 
 
 def synchronize() -> None:
