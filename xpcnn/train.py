@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn.backend import namespace, record, synchronize, to_numpy
+from xpcnn.backend import namespace, record, records, synchronize, to_numpy
 from xpcnn.data.augment import translate
 from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
@@ -149,7 +149,7 @@ class TrainStep:
         self.optimizer.finish()
         self.seen = self.seen + 1 if tuple(x.shape) == self.shape else 1
         self.shape = tuple(x.shape)
-        if self.seen == self.warmup and self.comm is None:
+        if self.seen == self.warmup and self.comm is None and records():
             self._record(x, y)
         return outputs
 

@@ -312,6 +312,11 @@ def precise_matmul(a: Any, b: Any) -> Any:
         linalg.set_compute_type(a.dtype, previous)
 
 
+def records() -> bool:
+    """Whether `record` records here: CuPy with XPCNN_CUDA_GRAPH=1."""
+    return backend_name() == "cupy" and os.environ.get("XPCNN_CUDA_GRAPH", "0").strip() == "1"
+
+
 _RECORDINGS: list[Any] = []  # each recording's memory pool, kept for as long as it may replay
 
 
@@ -322,7 +327,7 @@ def record(work: Callable[[], Any]) -> tuple[Any, Callable[[], None]] | None:
     replay writes its results into the same arrays. None where the backend cannot record:
     every backend but CuPy, and CuPy unless XPCNN_CUDA_GRAPH=1 (off until a GPU has verified
     it). work must issue the same operations every time and read nothing back to the host."""
-    if backend_name() != "cupy" or os.environ.get("XPCNN_CUDA_GRAPH", "0").strip() != "1":
+    if not records():
         return None
     cupy = importlib.import_module("cupy")
     pool = cupy.cuda.MemoryPool()
