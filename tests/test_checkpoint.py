@@ -17,7 +17,7 @@ def saved(tmp_path, model=None):
         xpcnn.manual_seed(0)
         model = build_model("seed", num_classes=2, image_size=8)
     optimizer = SGD(model, lr=0.1, momentum=0.9)
-    optimizer.slot("momentum", "0.weight", model.state_dict()["0.weight"])
+    optimizer.flat_slot("momentum", 0)  # made at the first step; here by hand
     optimizer.steps = 7
     path = save_checkpoint(
         tmp_path / "checkpoint.npz", model.state_dict(), optimizer.state_dict(), META
