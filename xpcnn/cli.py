@@ -141,6 +141,9 @@ _BENCH_FLAGS: dict[str, tuple[Any, Any, str | None, str]] = {
     "--memory-images": (_number(int, 0, float("inf"), "an integer >= 0"), 0, "N",
                         "also measure peak memory of a training epoch of N images (0: skip)"),
     "--profile": (None, False, None, "also time each layer's forward and backward (xpcnn)"),
+    "--ops": (None, False, None,
+              "count the array operations of one training step instead of timing, per layer, "
+              "xpcnn's and the twin's (XPCNN_BACKEND=array_api_strict or torch)"),
     "--json": (str, None, "FILE", "also write the results as JSON"),
 }  # fmt: skip
 
