@@ -7,7 +7,17 @@ import pytest
 
 from xpcnn import backend
 from xpcnn.backend import active_namespace, asarray, for_blocks, to_numpy
-from xpcnn.layers import GELU, BatchNorm1D, BatchNorm2D, MaxPool2D, pooling
+from xpcnn.layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    MaxPool2D,
+    ReLU,
+    pooling,
+)
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -57,12 +67,20 @@ def _forward_backward(make, x, dy):
 
 
 LAYERS = [  # (layer maker, input shape): odd sizes, so the last block is a short one
+    (ReLU, (5, 7, 3, 4)),
     (GELU, (5, 7, 3, 4)),
+    (lambda: GELU().eval(), (5, 7, 3, 4)),  # backward after an evaluation forward
     (lambda: BatchNorm2D(4, dtype="float64"), (5, 7, 3, 4)),
     (lambda: BatchNorm2D(4, dtype="float64").eval(), (5, 7, 3, 4)),
     (lambda: BatchNorm1D(6, dtype="float64"), (37, 6)),
     (lambda: MaxPool2D(2), (5, 6, 4, 3)),
+    (lambda: MaxPool2D(2).eval(), (5, 6, 4, 3)),
     (lambda: MaxPool2D(3, stride=2), (5, 7, 7, 3)),
+    (lambda: MaxPool2D(2, stride=1), (5, 6, 4, 3)),
+    (lambda: AvgPool2D(2), (5, 6, 4, 3)),
+    (lambda: AvgPool2D(3, stride=2), (5, 7, 7, 3)),
+    (GlobalMaxPool2D, (5, 6, 4, 3)),
+    (GlobalAvgPool2D, (5, 6, 4, 3)),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from xpcnn.backend import device, namespace
+from xpcnn.layers.pooling import constant
 
 
 def log_softmax(logits: Any) -> Any:
@@ -16,12 +17,13 @@ def log_softmax(logits: Any) -> Any:
 
 def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
     xp = namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
-    return xp.astype(labels[:, None] == classes[None, :], dtype)
+    classes = constant(xp, (1, num_classes), labels.dtype, device(labels))
+    return xp.astype(labels[:, None] == classes, dtype)
 
 
 def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tuple[Any, Any]:
-    """L = −(1/N) Σ_i Σ_k q_ik log softmax(z_i)_k,  q = (1 − ε)·onehot + ε/K.
+    """L = −(1/N) Σ_i Σ_k q_ik log softmax(z_i)_k,  q = (1 − ε)·onehot + ε/K;
+    dL/dz = (softmax(z) − q)/N.
 
     logits: (N, K), labels: (N,) integers. Returns (mean loss as a 0-d array, dL/dlogits).
     The loss stays on the device: reading it (float()) is the caller's choice.
@@ -30,10 +32,16 @@ def cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tup
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     xp = namespace(logits)
     n, k = logits.shape
+    where = device(logits)
     log_p = log_softmax(logits)
-    target = one_hot(labels, k, logits.dtype)
-    if label_smoothing:
-        target = target * (1.0 - label_smoothing) + label_smoothing / k
-    loss = -xp.sum(target * log_p) / n
-    grad = (xp.exp(log_p) - target) / n
+    # −q/N: at the label and elsewhere, constants on the device (made once per N, K and ε)
+    off = label_smoothing / k
+    at_label = constant(xp, (), logits.dtype, where, fill=-(1.0 - label_smoothing + off) / n)
+    elsewhere = constant(xp, (), logits.dtype, where, fill=-off / n)
+    classes = constant(xp, (1, k), labels.dtype, device(labels))
+    scaled_target = xp.where(labels[:, None] == classes, at_label, elsewhere)
+    loss = xp.tensordot(scaled_target, log_p, axes=2)
+    grad = xp.exp(log_p)
+    grad *= 1.0 / n
+    grad += scaled_target
     return loss, grad

@@ -7,18 +7,13 @@ from typing import Any
 from xpcnn.backend import (
     active_device,
     active_namespace,
-    device,
     dtype_of,
     for_blocks,
     namespace,
+    row_sum,
+    whole_arrays,
 )
 from xpcnn.layers.base import Layer, ones, zeros
-
-
-def channel_sum(x2: Any) -> Any:
-    """Σ over the rows of a (rows, C) array, as a GEMV: NumPy's axis-0 reduction is ~4x slower."""
-    xp = namespace(x2)
-    return xp.ones((x2.shape[0],), dtype=x2.dtype, device=device(x2)) @ x2
 
 
 def sum_in_order(parts: dict[int, Any]) -> Any:
@@ -30,11 +25,13 @@ def sum_in_order(parts: dict[int, Any]) -> Any:
 
 
 class _BatchNorm(Layer):
-    """y = γ·(x − μ)/√(σ² + ε) + β over the channel axis (last).
+    """y = γ·x̂ + β,  x̂ = (x − μ)/√(σ² + ε), over the channel axis (last).
 
     Training uses the batch's μ, σ² (biased) and updates running_mean / running_var (unbiased)
-    with `momentum`; evaluation uses the running statistics. Each pass runs block by block of
-    rows (`for_blocks`), so its chain of operations stays in cache.
+    with `momentum`, in place; evaluation uses the running statistics. Where passes run whole
+    (`whole_arrays`) each step is one operation on the whole batch, and x̂ is kept for backward;
+    on NumPy each pass runs block by block of rows (`for_blocks`), so its chain of operations
+    stays in cache, and x − μ is kept.
     """
 
     axes: tuple[int, ...] = ()
@@ -61,8 +58,37 @@ class _BatchNorm(Layer):
         xp = namespace(x)
         x2 = xp.reshape(x, (-1, self.num_features))  # rows: every position of a channel
         self.rows = x2.shape[0]
+        self.whole = whole_arrays(xp)
+        y = self._forward_whole(x2) if self.whole else self._forward_blocks(x2)
+        return xp.reshape(y, x.shape)
+
+    def _update_running(self, mean: Any, var: Any) -> None:
+        """running ← (1 − m)·running + m·batch statistic (σ² unbiased), in place: the buffers
+        may be views into the model's state."""
+        m = self.momentum
+        running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+        running_mean *= 1 - m
+        running_mean += mean * m
+        running_var *= 1 - m
+        running_var += var * (m * self.rows / max(self.rows - 1, 1))
+        tracked = self.buffers["num_batches_tracked"]
+        tracked += 1
+
+    def _forward_whole(self, x2: Any) -> Any:
+        xp = namespace(x2)
         if self.training:
-            mean = channel_sum(x2) / self.rows
+            mean, var = xp.mean(x2, axis=0), xp.var(x2, axis=0)
+            self._update_running(mean, var)
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        self.inv_std = xp.pow(var + self.eps, -0.5)
+        self.normalized = (x2 - mean) * self.inv_std  # kept for backward
+        return self.normalized * self.params["weight"] + self.params["bias"]
+
+    def _forward_blocks(self, x2: Any) -> Any:
+        xp = namespace(x2)
+        if self.training:
+            mean = row_sum(x2) / self.rows
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         self.centered = xp.empty_like(x2)  # kept for backward (x̂ = centered · inv_std)
@@ -72,16 +98,12 @@ class _BatchNorm(Layer):
             centered = x2[rows, ...] - mean
             self.centered[rows, ...] = centered
             if self.training:
-                squares[i] = channel_sum(centered * centered)
+                squares[i] = row_sum(centered * centered)
 
         for_blocks(center, self.rows, self.num_features, xp)
         if self.training:
             var = sum_in_order(squares) / self.rows
-            unbiased = var * (self.rows / max(self.rows - 1, 1))
-            m = self.momentum
-            self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
-            self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * unbiased
-            self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
+            self._update_running(mean, var)
         self.inv_std = 1.0 / xp.sqrt(var + self.eps)
         scale, shift = self.inv_std * self.params["weight"], self.params["bias"]
         y = xp.empty_like(x2)
@@ -92,32 +114,57 @@ class _BatchNorm(Layer):
             y[rows, ...] = block
 
         for_blocks(normalize, self.rows, self.num_features, xp)
-        return xp.reshape(y, x.shape)
+        return y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """With x̂ = (x − μ)·s, s = 1/√(σ² + ε), M rows, in training:
         dγ = Σ dy·x̂,  dβ = Σ dy,  dx = γs·(dy − dβ/M − x̂·dγ/M);  in evaluation dx = γs·dy."""
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.num_features))
+        backward = self._backward_whole if self.whole else self._backward_blocks
+        dx = backward(dy2, input_grad)
+        return None if dx is None else xp.reshape(dx, dy.shape)
+
+    def _accumulate(self, d_weight: Any, d_bias: Any) -> None:
+        for name, grad in (("weight", d_weight), ("bias", d_bias)):
+            if name not in self.frozen:
+                self.accumulate(name, grad)
+
+    def _backward_whole(self, dy2: Any, input_grad: bool) -> Any:
+        xp = namespace(dy2)
+        d_bias = xp.sum(dy2, axis=0)
+        d_weight = xp.sum(dy2 * self.normalized, axis=0)  # not vecdot: 3+ kernels in CuPy's shim
+        self._accumulate(d_weight, d_bias)
+        if not input_grad:
+            return None
+        gain = self.params["weight"] * self.inv_std
+        if not self.training:
+            return dy2 * gain
+        dx = self.normalized * (d_weight * (-1.0 / self.rows))
+        dx += dy2
+        dx += d_bias * (-1.0 / self.rows)
+        dx *= gain
+        return dx
+
+    def _backward_blocks(self, dy2: Any, input_grad: bool) -> Any:
+        xp = namespace(dy2)
         dy_sums: dict[int, Any] = {}
         dy_centered_sums: dict[int, Any] = {}
 
         def sums(i: int, rows: slice) -> None:
             block = dy2[rows, ...]
-            dy_sums[i] = channel_sum(block)
-            dy_centered_sums[i] = channel_sum(block * self.centered[rows, ...])
+            dy_sums[i] = row_sum(block)
+            dy_centered_sums[i] = row_sum(block * self.centered[rows, ...])
 
         for_blocks(sums, self.rows, self.num_features, xp)
         d_bias = sum_in_order(dy_sums)
         d_weight = sum_in_order(dy_centered_sums) * self.inv_std
-        for name, grad in (("weight", d_weight), ("bias", d_bias)):
-            if name not in self.frozen:
-                self.accumulate(name, grad)
+        self._accumulate(d_weight, d_bias)
         if not input_grad:
             return None
         gain = self.params["weight"] * self.inv_std
         if not self.training:
-            return xp.reshape(dy2 * gain, dy.shape)
+            return dy2 * gain
         # per-channel constants, so each pass over a block is one multiply or add
         centered_coef = -gain * d_weight * self.inv_std / self.rows
         offset = -gain * d_bias / self.rows
@@ -130,7 +177,7 @@ class _BatchNorm(Layer):
             dx[rows, ...] = block
 
         for_blocks(input_gradient, self.rows, self.num_features, xp)
-        return xp.reshape(dx, dy.shape)
+        return dx
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from xpcnn.backend import device, for_blocks, namespace
+from xpcnn.backend import device, device_name, for_blocks, namespace, whole_arrays
 from xpcnn.layers.base import Layer
+
+_CONSTANTS: dict[tuple, Any] = {}
+
+
+def constant(
+    xp: Any, shape: tuple[int, ...], dtype: Any, where: Any, fill: float | None = None
+) -> Any:
+    """0, 1, 2, … in `shape` (window offsets, pixel positions, classes), or `fill` everywhere,
+    of `dtype` on device `where`: made there once per (shape, dtype, device, fill), never per
+    call, so that a step copies nothing from the host."""
+    key = (xp, shape, dtype, device_name(where), fill)
+    if key not in _CONSTANTS:
+        if fill is None:
+            values = xp.arange(math.prod(shape), dtype=dtype, device=where)
+            _CONSTANTS[key] = xp.reshape(values, shape)
+        else:
+            _CONSTANTS[key] = xp.full(shape, fill, dtype=dtype, device=where)
+    return _CONSTANTS[key]
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -42,6 +61,18 @@ class _Pool2D(Layer):
             for i in range(kh)
             for j in range(kw)
         ]
+
+    def tiles(self, shape: tuple[int, ...]) -> bool:
+        """Whether the windows tile a batch of `shape` (kernel = stride, the usual pool 2)."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        return (sh, sw) == (kh, kw) and shape[1] % kh == 0 and shape[2] % kw == 0
+
+    def tile_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(N, OH, kh, OW, kw, C): a batch of `shape` cut into the windows that tile it (a
+        reshape, so a view, and the layout of the input gradient)."""
+        n, h, w, c = shape
+        (kh, kw) = self.kernel
+        return n, h // kh, kh, w // kw, kw, c
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel}, stride={self.stride}"
@@ -82,22 +113,30 @@ def _first_max(x: Any, y: Any, kernel: tuple[int, int]) -> Any:
 class MaxPool2D(_Pool2D):
     """y = max over each window.   x: (N, H, W, C) → y: (N, OH, OW, C).
 
-    The gradient goes to the first maximum of each window (PyTorch's choice for ties). Windows
-    that tile the input (kernel = stride, the usual pool 2) keep, in training, a boolean mask of
-    those maxima for backward: a quarter of the memory of keeping x, and no compare in backward.
+    The gradient goes to the first maximum of each window (PyTorch's choice for ties). Where
+    passes run whole (`whole_arrays`), training keeps the offset of that maximum in each window
+    (one copy of the windows, its argmax and max: 3 operations; backward, for windows that tile
+    the input, 2). On NumPy, whose argmax over the windows is ~6x slower, windows that tile the
+    input (kernel = stride, the usual pool 2) keep in training a boolean mask of those maxima:
+    a quarter of the memory of keeping x, and no compare in backward.
     """
 
     is_max_pool = True
 
-    def _tiles(self, shape: tuple[int, ...]) -> bool:
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        return (sh, sw) == (kh, kw) and shape[1] % kh == 0 and shape[2] % kw == 0
-
     def forward(self, x: Any) -> Any:
         xp = namespace(x)
         n, h, w, c = self.input_shape = x.shape
+        self.whole = whole_arrays(xp)
+        self.x = self.y = self.first_max = self.offset = None
+        if self.whole:
+            stacked = self._stacked(x)
+            if self.training:  # kept for backward: the first maximum (PyTorch's tie rule)
+                self.offset = xp.argmax(stacked, axis=-1)
+            else:
+                self.x = x  # kept for a backward after an evaluation forward
+            return xp.max(stacked, axis=-1)
         windows = self.windows(x.shape)
-        mask = self.training and self._tiles(x.shape)
+        mask = self.training and self.tiles(x.shape)
         if n * h * w * c < BLOCKED_ELEMENTS:
             y = _window_max(x, windows)
             self.first_max = _first_max(x, y, self.kernel) if mask else None
@@ -114,14 +153,17 @@ class MaxPool2D(_Pool2D):
                                                              self.kernel)  # fmt: skip
 
             for_blocks(block, n, h * w * c, xp)
-        self.x, self.y = (None, None) if mask else (x, y)  # kept for the other backwards
+        if not mask:
+            self.x, self.y = x, y  # kept for the other backwards
         return y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         if not input_grad:
             return None
+        if self.whole:
+            return self._backward_whole(dy)
         xp = namespace(dy)
-        if self._tiles(self.input_shape):  # after an evaluation forward: no mask kept
+        if self.tiles(self.input_shape):  # after an evaluation forward: no mask kept
             first_max = self.first_max
             if first_max is None:
                 first_max = _first_max(self.x, self.y, self.kernel)
@@ -142,16 +184,56 @@ class MaxPool2D(_Pool2D):
             is_max = self.x[:, rows, cols, :] == self.y
             if unclaimed is not None:
                 is_max = is_max & unclaimed
-            dx[:, rows, cols, :] += dy * xp.astype(is_max, dy.dtype)  # `where` is slower
+            part = dx[:, rows, cols, :]
+            part += dy * xp.astype(is_max, dy.dtype)  # `where` is slower
             unclaimed = ~is_max if unclaimed is None else unclaimed & ~is_max
+        return dx
+
+    def _stacked(self, x: Any) -> Any:
+        """(N, OH, OW, C, kh·kw): the pixels of every window, one copy (windows that tile x: one
+        kernel everywhere; else one stack, which CuPy copies one window offset at a time)."""
+        xp = namespace(x)
+        if self.tiles(x.shape):
+            n, oh, kh, ow, kw, c = shape = self.tile_shape(x.shape)
+            tiles = xp.permute_dims(xp.reshape(x, shape), (0, 1, 3, 5, 2, 4))
+            return xp.reshape(tiles, (n, oh, ow, c, kh * kw))
+        windows = self.windows(x.shape)
+        return xp.stack([x[:, rows, cols, :] for rows, cols in windows], axis=-1)
+
+    def _backward_whole(self, dy: Any) -> Any:
+        """dy to each window's first maximum: for windows that tile x one compare with the
+        offsets and one `where`, laid out as x; else each offset's share added in place."""
+        xp = namespace(dy)
+        offset = self.offset
+        if offset is None:
+            offset = xp.argmax(self._stacked(self.x), axis=-1)
+        zero = constant(xp, (), dy.dtype, device(dy), fill=0.0)
+        if self.tiles(self.input_shape):
+            n, oh, kh, ow, kw, c = self.tile_shape(self.input_shape)
+            offsets = constant(xp, (1, 1, kh, 1, kw, 1), offset.dtype, device(dy))
+            is_max = xp.reshape(offset, (n, oh, 1, ow, 1, c)) == offsets
+            dx = xp.where(is_max, xp.reshape(dy, (n, oh, 1, ow, 1, c)), zero)
+            return xp.reshape(dx, self.input_shape)  # a view: dx is laid out as x
+        windows = self.windows(self.input_shape)
+        offsets = constant(xp, (len(windows),), offset.dtype, device(dy))
+        shares = xp.where(offset[..., None] == offsets, dy[..., None], zero)
+        dx = xp.zeros(self.input_shape, dtype=dy.dtype, device=device(dy))
+        for k, (rows, cols) in enumerate(windows):
+            part = dx[:, rows, cols, :]
+            part += shares[..., k]  # windows overlap: add
         return dx
 
 
 class AvgPool2D(_Pool2D):
-    """y = mean over each window.   x: (N, H, W, C) → y: (N, OH, OW, C)."""
+    """y = mean over each window.   x: (N, H, W, C) → y: (N, OH, OW, C).
+
+    Windows that tile x: one mean forward and one multiply backward (on NumPy too, as fast)."""
 
     def forward(self, x: Any) -> Any:
+        xp = namespace(x)
         self.input_shape = x.shape
+        if self.tiles(x.shape):
+            return xp.mean(xp.reshape(x, self.tile_shape(x.shape)), axis=(2, 4))
         y = None
         for rows, cols in self.windows(x.shape):
             y = x[:, rows, cols, :] if y is None else y + x[:, rows, cols, :]
@@ -161,10 +243,16 @@ class AvgPool2D(_Pool2D):
         if not input_grad:
             return None
         xp = namespace(dy)
+        if self.tiles(self.input_shape):
+            n, oh, kh, ow, kw, c = self.tile_shape(self.input_shape)
+            share = constant(xp, (1, 1, kh, 1, kw, 1), dy.dtype, device(dy), fill=1 / (kh * kw))
+            dx = xp.reshape(dy, (n, oh, 1, ow, 1, c)) * share
+            return xp.reshape(dx, self.input_shape)  # a view: dx is laid out as x
         dx = xp.zeros(self.input_shape, dtype=dy.dtype, device=device(dy))
         share = dy / (self.kernel[0] * self.kernel[1])
         for rows, cols in self.windows(self.input_shape):
-            dx[:, rows, cols, :] += share
+            part = dx[:, rows, cols, :]
+            part += share  # windows overlap: add
         return dx
 
 
@@ -205,7 +293,8 @@ class GlobalMaxPool2D(_GlobalPool2D):
             return None
         xp = namespace(dy)
         n, h, w, c = self.input_shape
-        positions = xp.arange(h * w, dtype=self.argmax.dtype, device=device(dy))
-        is_max = xp.reshape(positions, (1, h * w, 1)) == xp.reshape(self.argmax, (n, 1, c))
-        dx = xp.where(is_max, xp.reshape(dy, (n, 1, c)), 0.0)
+        positions = constant(xp, (1, h * w, 1), self.argmax.dtype, device(dy))
+        is_max = positions == xp.reshape(self.argmax, (n, 1, c))
+        zero = constant(xp, (), dy.dtype, device(dy), fill=0.0)
+        dx = xp.where(is_max, xp.reshape(dy, (n, 1, c)), zero)
         return xp.reshape(dx, self.input_shape)
