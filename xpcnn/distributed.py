@@ -23,6 +23,7 @@ from xpcnn.backend import (
     namespace,
     to_numpy,
 )
+from xpcnn.layers.flat import FlatState
 
 # set by the launchers of Open MPI, MPICH / Intel MPI (PMI) and PMIx
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
@@ -89,19 +90,16 @@ class MPI(Communicator):
     def average_gradients(self, model: Any, count: int) -> None:
         """Replace each parameter's gradient of this rank's mean loss over its `count` images by
         the gradient of the mean loss over all ranks' images: Σ count_r · g_r / Σ count_r, in one
-        reduction of one contiguous buffer (the counts travel in its last element)."""
-        grads = list(model.grads().values())
-        xp = namespace(grads[0])
-        flat = [xp.reshape(g, (-1,)) * count for g in grads]
-        flat.append(xp.full((1,), float(count), dtype=grads[0].dtype, device=device(grads[0])))
-        buffer = xp.concat(flat)
-        self._allreduce(buffer)
-        buffer = buffer[:-1] / buffer[-1]
-        start = 0
-        for g in grads:  # write back in place: the optimizer reads these same arrays
-            size = int(np.prod(g.shape))
-            g[...] = xp.reshape(buffer[start : start + size], g.shape)
-            start += size
+        reduction of the model's flat gradient buffer (`FlatState`), whose last element carries
+        the count: no packing copies, nothing read back to the host."""
+        flat = FlatState.of(model)
+        flat.gather_gradients()
+        for group in flat.groups:
+            grads = group.grads  # a view: the in-place operations write the buffer
+            grads *= count
+            group.reduced[-1] = count
+            self._allreduce(group.reduced)
+            grads /= group.reduced[-1]
 
     def _allreduce(self, buffer: Any) -> None:
         if self.nccl is not None:

@@ -5,7 +5,9 @@ array API has no foreach, so one flat buffer is how an optimizer's update, Looka
 and a data-parallel reduction become a handful of array operations for the whole model. Per
 dtype: the parameters first, then the float buffers (BatchNorm's running statistics), so the
 parameters are one contiguous prefix; the gradients live in a second buffer of the parameters'
-size, which each layer's `accumulate` writes into (`Layer.grad_views`).
+size and one element more (where a data-parallel step puts its batch size, so that one
+reduction of one buffer averages them), which each layer's `accumulate` writes into
+(`Layer.grad_views`).
 
 Layers update their state in place. One that rebinds an entry (`layer.params[name] = new`) is
 adopted again by `sync`, at the cost of one copy that step.
@@ -42,7 +44,7 @@ class Group:
     `inverse_scales` 1/scale (0 when frozen), so weight decay λ/scale keeps lr·λ unscaled."""
 
     state: Any
-    grads: Any
+    reduced: Any  # the gradients and one more element (a data-parallel reduction's weight)
     size: int  # parameters' elements: state[:size]
     entries: list[Entry] = field(default_factory=list)
     scales: Any = None
@@ -52,6 +54,10 @@ class Group:
     @property
     def params(self) -> Any:
         return self.state[: self.size]
+
+    @property
+    def grads(self) -> Any:
+        return self.reduced[: self.size]
 
 
 def leaves(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -88,7 +94,7 @@ class FlatState:
                 entry.start, start = start, start + prod(entry.shape)
             size = sum(prod(e.shape) for is_buffer, e, _ in items if not is_buffer)
             group = Group(xp.zeros((start,), dtype=dtype, device=where),
-                          xp.zeros((size,), dtype=dtype, device=where), size)  # fmt: skip
+                          xp.zeros((size + 1,), dtype=dtype, device=where), size)  # fmt: skip
             for _, entry, value in items:
                 group.entries.append(entry)
                 self._adopt(group, entry, value)
