@@ -76,3 +76,24 @@ def test_without_a_gpu_cupy_is_reported_unusable_not_crashing(monkeypatch):
         pytest.skip("a CUDA device is usable here")
     with pytest.raises(backend.BackendError, match="no usable CUDA device"):
         backend.active_namespace()
+
+
+def test_no_module_outside_the_backend_package_imports_or_calls_cupy():
+    """The backend package alone knows CuPy (and NCCL, through it): the chains checked above
+    are then every CuPy call the library makes."""
+    package = BACKEND.parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if BACKEND in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Name):
+                names = [node.id]
+            if any(name == "cupy" or name.startswith("cupy.") for name in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []

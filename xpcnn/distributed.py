@@ -2,9 +2,9 @@
 
 `communicator()` returns `Communicator()` for one process, or an `MPI` communicator when the
 process was started by `mpiexec` with more than one rank (mpi4py; between CuPy devices NCCL, its
-unique id broadcast over MPI). Training needs four collectives: average the gradients (all of
-them in one buffer, one call per step), sum a few host numbers (progress, validation counts),
-broadcast rank 0's weights, and a barrier.
+unique id broadcast over MPI, through `backend.collectives`). Training needs four collectives:
+average the gradients (all of them in one buffer, one call per step), sum a few host numbers
+(progress, validation counts), broadcast rank 0's weights, and a barrier.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from xpcnn.backend import (
     namespace,
     to_numpy,
 )
+from xpcnn.backend.collectives import host_buffer, nccl_available, nccl_sum
 from xpcnn.layers.flat import FlatState
 
 # set by the launchers of Open MPI, MPICH / Intel MPI (PMI) and PMIx
@@ -79,13 +80,12 @@ class MPI(Communicator):
         self.local_rank = local.Get_rank()
         self.nccl = None
         if backend_name() == "cupy":
-            from cupy.cuda import nccl
-
             # the backend chose each rank's GPU (active_device); NCCL needs one GPU per rank
             devices = local.allgather(device_name(active_device()))
-            self.note = device_reduction(devices, nccl.available)
+            self.note = device_reduction(devices, nccl_available())
             if self.note is None:
-                self.nccl = _nccl_communicator(self)
+                broadcast = lambda value: self.comm.bcast(value, root=0)  # noqa: E731
+                self.nccl = nccl_sum(self.size, self.rank, broadcast)
 
     def average_gradients(self, model: Any, count: int) -> None:
         """Replace each parameter's gradient of this rank's mean loss over its `count` images by
@@ -103,8 +103,8 @@ class MPI(Communicator):
 
     def _allreduce(self, buffer: Any) -> None:
         if self.nccl is not None:
-            self.nccl.allreduce_sum(buffer)
-        elif type(buffer).__module__.startswith("numpy"):
+            self.nccl(buffer)
+        elif host_buffer(buffer):
             self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
         else:  # other host namespaces: through NumPy, one copy each way
             host = np.ascontiguousarray(to_numpy(buffer))
@@ -183,22 +183,3 @@ def _from_environment(variables: tuple[str, ...], default: int | None) -> int | 
 def communicator() -> Communicator:
     """`MPI()` when launched by mpiexec with more than one rank, else `Communicator()`."""
     return MPI() if _launched_size() > 1 else Communicator()
-
-
-def _nccl_communicator(mpi: MPI) -> Any:
-    """NCCL between the ranks' GPUs (each rank's chosen by the backend), its unique id
-    broadcast over MPI; gradients never leave the device."""
-    import cupy
-    from cupy.cuda import nccl
-
-    uid = mpi.comm.bcast(nccl.get_unique_id() if mpi.rank == 0 else None, root=0)
-    comm = nccl.NcclCommunicator(mpi.size, uid, mpi.rank)
-
-    class Nccl:
-        def allreduce_sum(self, buffer: Any) -> None:
-            kinds = {np.dtype("float32"): nccl.NCCL_FLOAT32, np.dtype("float64"): nccl.NCCL_FLOAT64}
-            stream = cupy.cuda.get_current_stream().ptr
-            comm.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
-                           kinds[buffer.dtype], nccl.NCCL_SUM, stream)  # fmt: skip
-
-    return Nccl()

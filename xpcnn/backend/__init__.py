@@ -14,7 +14,7 @@ per gap of the array API standard:
     whole_arrays    whether passes run whole (an accelerator) or in cache-sized blocks (NumPy)
     for_blocks      an element-wise pass block by block: in cache, and on every core with NumPy
     precise_matmul  a GEMM kept in float32 where CuPy would run it in TF32
-    record          a step recorded once as a CUDA graph and replayed (CuPy)
+    quiet_float_errors  inf and NaN without NumPy's warnings (a diverging loss)
     synchronize     wait for queued device work (timing)
     device_info     name and memory of the device, for `xpcnn info`
 """
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -312,39 +313,13 @@ def precise_matmul(a: Any, b: Any) -> Any:
         linalg.set_compute_type(a.dtype, previous)
 
 
-def records() -> bool:
-    """Whether `record` records here: CuPy with XPCNN_CUDA_GRAPH=1."""
-    return backend_name() == "cupy" and os.environ.get("XPCNN_CUDA_GRAPH", "0").strip() == "1"
-
-
-_RECORDINGS: list[Any] = []  # each recording's memory pool, kept for as long as it may replay
-
-
-def record(work: Callable[[], Any]) -> tuple[Any, Callable[[], None]] | None:
-    """Record `work`'s device operations once as a CUDA graph: (what work returned, replay),
-    where replay() launches the whole recording on the current stream, one launch. The arrays
-    work made live in the recording's own memory pool (never handed to other work), so each
-    replay writes its results into the same arrays. None where the backend cannot record:
-    every backend but CuPy, and CuPy unless XPCNN_CUDA_GRAPH=1 (off until a GPU has verified
-    it). work must issue the same operations every time and read nothing back to the host."""
-    if not records():
-        return None
-    cupy = importlib.import_module("cupy")
-    pool = cupy.cuda.MemoryPool()
-    stream = cupy.cuda.Stream(non_blocking=True)
-    stream.wait_event(cupy.cuda.get_current_stream().record())  # after the work queued so far
-    with cupy.cuda.using_allocator(pool.malloc), stream:
-        stream.begin_capture(mode=cupy.cuda.runtime.streamCaptureModeRelaxed)
-        try:
-            result = work()
-        finally:
-            graph = stream.end_capture()
-    _RECORDINGS.append(pool)
-
-    def replay() -> None:
-        graph.launch(stream=cupy.cuda.get_current_stream())
-
-    return result, replay
+@contextmanager
+def quiet_float_errors() -> Iterator[None]:
+    """Inside, overflow and invalid values in float operations make infinities and NaNs without
+    NumPy's warnings (a diverging loss is caught by the NaN check, once); other backends never
+    warn."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        yield
 
 
 def synchronize() -> None:
@@ -406,4 +381,6 @@ def _host_dtype(dtype: Any) -> np.dtype:
 
 
 # the random numbers, re-exported: `from xpcnn.backend import Generator, manual_seed`
+# a step recorded once as a CUDA graph and replayed (CuPy): `from xpcnn.backend import record`
+from xpcnn.backend.graphs import record, records  # noqa: E402, F401
 from xpcnn.backend.random import Generator, default_generator, manual_seed  # noqa: E402, F401

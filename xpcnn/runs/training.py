@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from xpcnn import plots
-from xpcnn.backend import backend_name, manual_seed
+from xpcnn.backend import backend_name, manual_seed, quiet_float_errors
 from xpcnn.callbacks import (
     EpochLog,
     HistoryLogger,
@@ -260,7 +260,7 @@ def _fit(
     all_callbacks = [ReseedDropout(config.seed), TerminateOnNaN(), *writers, stopper]
     out = folder.path if folder is not None else Path(".")
     checkpoint = out / "checkpoint.npz"
-    with np.errstate(over="ignore", invalid="ignore"), stopper.catching_sigint():
+    with quiet_float_errors(), stopper.catching_sigint():
         try:
             history = fit(
                 model, train_batches, optimizer=start.optimizer, epochs=config.epochs,
