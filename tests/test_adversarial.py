@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_harness import write_folder
 from PIL import Image
-from test_cli import write_folder
 
 MEMORY_LIMIT = 3 * 2**30  # bytes of address space for the child: far below a bomb's claim
 

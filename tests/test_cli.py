@@ -6,30 +6,21 @@ The subprocesses inherit XPCNN_BACKEND, so these run on whichever backend the su
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_harness import (
+    CLASSES,
+    arrays,
+    command_env,
+    meta,
+    started,
+    wait_for_text,
+    write_folder,
+    xpcnn,
+)
 from PIL import Image
-
-CLASSES = ["blue", "green", "red"]
-
-
-def write_folder(root: Path, per_class: int, noise: bool = False, seed: int = 0) -> Path:
-    """ROOT/<class>/*.png of 16x16 images: told apart by their dominant colour channel, or
-    (noise) pure noise, so a network keeps learning for every epoch of a short run."""
-    rng = np.random.default_rng(seed)
-    for channel, label in ((2, "blue"), (1, "green"), (0, "red")):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 96 if not noise else 256, (16, 16, 3), dtype=np.uint8)
-            if not noise:
-                pixels[..., channel] += 128
-            Image.fromarray(pixels).save(root / label / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +32,7 @@ def workdir(tmp_path_factory) -> Path:
 def env(workdir) -> dict[str, str]:
     home = workdir / "xpcnn-data"
     home.mkdir()
-    return {**os.environ, "XPCNN_DATA": str(home), "PYTHONWARNINGS": "ignore"}
-
-
-def xpcnn(*args, env) -> subprocess.CompletedProcess:
-    """Run the command in the test's data folder (so a default --out lands there too)."""
-    command = [sys.executable, "-m", "xpcnn", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env,
-                          cwd=env["XPCNN_DATA"], timeout=300)  # fmt: skip
-
-
-def started(*args, env, stderr) -> subprocess.Popen:
-    command = [sys.executable, "-m", "xpcnn", *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
-                            cwd=env["XPCNN_DATA"])  # fmt: skip
-
-
-def wait_for_text(path: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text(errors="replace"):
-        assert process.poll() is None, f"finished before {text!r}:\n{path.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
-        time.sleep(0.002)
-
-
-def meta(checkpoint: Path) -> dict:
-    with np.load(checkpoint, allow_pickle=False) as npz:
-        return json.loads(str(npz["meta"][()]))
-
-
-def arrays(checkpoint: Path) -> dict[str, np.ndarray]:
-    with np.load(checkpoint, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files if k != "meta"}
+    return command_env(home)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +178,8 @@ def broken(workdir, run) -> dict[str, Path]:
     text = workdir / "note.png"
     text.write_text("not an image\n")
     fast = {"name": "fast", "kwargs": {"num_classes": 3, "image_size": 16}}
-    other = _rewritten(checkpoint, workdir / "other-model.npz", model=fast)
+    config = {**meta(checkpoint)["config"], "model": "fast"}  # the record's one model name
+    other = _rewritten(checkpoint, workdir / "other-model.npz", model=fast, config=config)
     return {"checkpoint": checkpoint, "truncated": truncated, "text": text, "other": other}
 
 

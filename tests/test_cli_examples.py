@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import write_folder
+from cli_harness import write_folder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import write_folder
+from cli_harness import MPI_ENV, MPIEXEC, mpi_missing, needs_mpi, write_folder
 
 from xpcnn.backend import to_numpy
 from xpcnn.data import Augment, Batches
 from xpcnn.distributed import Communicator, communicator
-
-MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                       f"{os.environ.get('PATH', '')}")  # fmt: skip
 
 
 def test_the_shards_of_a_global_batch_are_its_rows_augmented_as_one_process_would():
@@ -48,23 +45,6 @@ def test_one_process_gets_the_single_communicator():
     assert comm.sum([1.0, 2.0]) == [1.0, 2.0]
 
 
-def _mpi_missing() -> str | None:
-    if MPIEXEC is None:
-        return "no mpiexec: pip install 'xpcnn[mpi]'"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "no mpi4py: pip install 'xpcnn[mpi]'"
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
-MPI_ENV = {  # Open MPI refuses root unless told; loopback only, no oversubscription warning
-    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1", "PYTHONWARNINGS": "ignore",
-}  # fmt: skip
-
-
 def launch(ranks: int, *args, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, **MPI_ENV, "XPCNN_DATA": str(cwd / "home")}
     command = [sys.executable, "-m", "xpcnn", *map(str, args)]
@@ -86,8 +66,8 @@ def history(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The seed network (no BatchNorm) for 2 epochs on one process and on two ranks."""
-    if _mpi_missing():
-        pytest.skip(_mpi_missing())
+    if mpi_missing():
+        pytest.skip(mpi_missing())
     work = tmp_path_factory.mktemp("mpi")
     data = write_folder(work / "colours", per_class=20)
     flags = ["train", "--data", data, "--epochs", 2, "--batch-size", 16]

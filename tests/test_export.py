@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import CLASSES, write_folder, xpcnn
+from cli_harness import CLASSES, write_folder, xpcnn
 
 from xpcnn.backend import manual_seed, to_numpy
 from xpcnn.data import Batches

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from gradcheck import gradient_error
 
+from xpcnn import backend
 from xpcnn.backend import asarray, to_numpy
 from xpcnn.layers import (
     GELU,
@@ -20,6 +21,13 @@ from xpcnn.layers import (
     Sequential,
 )
 from xpcnn.models import build_model
+
+
+@pytest.fixture(params=["whole", "blocks"])
+def plan(request, monkeypatch):
+    """Each pass on whole arrays (an accelerator's plan) and block by block (NumPy's)."""
+    monkeypatch.setattr(backend, "PLAN", request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("padding", ["same", "valid", 1, 2])
@@ -144,7 +152,7 @@ def test_conv2d_output_shape(size, kernel, stride, padding, expected):
     )
 
 
-def test_maxpool_known_answer_and_gradient_goes_to_first_maximum():
+def test_maxpool_known_answer_and_gradient_goes_to_first_maximum(plan):
     pool = MaxPool2D(2)
     x = np.array([[1, 3, 2, 2], [4, 0, 2, 1], [5, 6, 7, 8], [9, 9, 0, 1]], dtype=float)
     y = to_numpy(pool(asarray(x.reshape(1, 4, 4, 1))))
@@ -173,6 +181,18 @@ def test_batchnorm_running_statistics_follow_pytorch_update():
     assert np.allclose(to_numpy(layer.buffers["running_mean"]), 0.1 * mean)
     assert np.allclose(to_numpy(layer.buffers["running_var"]), 0.9 + 0.1 * var)
     assert int(layer.buffers["num_batches_tracked"]) == 1
+
+
+def test_batchnorm_updates_its_running_statistics_in_place(plan):
+    layer = BatchNorm2D(2, momentum=0.1, dtype="float64")
+    before = dict(layer.buffers)  # a model's state may be views into one buffer: never rebound
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 3, 3, 2))
+    layer(asarray(x))
+    layer(asarray(x))
+    assert all(layer.buffers[name] is value for name, value in before.items())
+    mean = x.mean(axis=(0, 1, 2))
+    assert np.allclose(to_numpy(before["running_mean"]), (1 - 0.9**2) * mean)
+    assert int(before["num_batches_tracked"]) == 2
 
 
 def test_batchnorm_eval_uses_running_statistics():
@@ -318,11 +338,49 @@ def test_single_layer_load_state_dict_rejects_a_wrong_shape():
         layer.load_state_dict(state)
 
 
-@pytest.mark.parametrize("layer", [MaxPool2D(2), MaxPool2D(3, stride=2)], ids=repr)
-def test_maxpool_backward_after_an_evaluation_forward_matches_training(layer):
+@pytest.mark.parametrize("layer", [MaxPool2D(2), MaxPool2D(3, stride=2), GELU()], ids=repr)
+def test_backward_after_an_evaluation_forward_matches_training(layer, plan):
     rng = np.random.default_rng(0)
     x = np.round(rng.standard_normal((2, 6, 6, 3)), 1)  # rounded: ties
     dy = rng.standard_normal(to_numpy(layer(asarray(x))).shape)
     trained = to_numpy(layer.train()(asarray(x))), to_numpy(layer.backward(asarray(dy)))
     evaluated = to_numpy(layer.eval()(asarray(x))), to_numpy(layer.backward(asarray(dy)))
     assert all(np.array_equal(a, b) for a, b in zip(trained, evaluated, strict=True))
+
+
+def _strict_copy(layer, strict):
+    for name, value in layer.state_dict().items():
+        layer.set_state(name, strict.asarray(to_numpy(value)))
+    return layer
+
+
+WHOLE_ARRAY_OPERATIONS = [  # (layer, input shape, forward + backward operations in training)
+    (ReLU(), (2, 4, 4, 3), 3),
+    (GELU(), (2, 4, 4, 3), 15),
+    (BatchNorm2D(3), (2, 4, 4, 3), 25),
+    (MaxPool2D(2), (2, 4, 4, 3), 5),
+    (MaxPool2D(3, stride=2), (2, 7, 7, 3), 3 + 3 + 9),  # backward: one add per window offset
+    (AvgPool2D(2), (2, 4, 4, 3), 2),
+    (GlobalMaxPool2D(), (2, 4, 4, 3), 4),
+    (GlobalAvgPool2D(), (2, 4, 4, 3), 2),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "expected"), WHOLE_ARRAY_OPERATIONS, ids=repr)
+def test_whole_array_passes_issue_the_fewest_operations(layer, shape, expected):
+    """Counted on array_api_strict (every call and operator of the namespace; views free) after
+    a first step, which makes the constants (window offsets, zeros) once."""
+    strict = pytest.importorskip("array_api_strict")
+    from xpcnn.opcount import count_strict
+
+    layer = _strict_copy(layer, strict)
+    rng = np.random.default_rng(0)
+    x = strict.asarray(rng.standard_normal(shape).astype(np.float32))
+    dy = strict.asarray(np.ones(layer(x).shape, dtype=np.float32))
+    layer.backward(dy)
+    layer.zero_grad()
+    with count_strict() as forward:
+        layer(x)
+    with count_strict() as backward:
+        layer.backward(dy)
+    assert forward.count() + backward.count() == expected

@@ -51,3 +51,18 @@ def test_cross_entropy_is_stable_at_huge_logits():
 def test_cross_entropy_rejects_bad_smoothing():
     with pytest.raises(ValueError, match="label_smoothing"):
         cross_entropy(asarray(np.zeros((1, 2))), asarray(np.array([0])), label_smoothing=1.0)
+
+
+def test_cross_entropy_issues_twelve_operations_on_whole_arrays():
+    """Counted on array_api_strict after a first call, which makes the constants (classes,
+    the scaled targets) once."""
+    strict = pytest.importorskip("array_api_strict")
+    from xpcnn.opcount import count_strict
+
+    rng = np.random.default_rng(0)
+    logits = strict.asarray(rng.standard_normal((8, 10)).astype(np.float32))
+    labels = strict.asarray(rng.integers(0, 10, 8))
+    cross_entropy(logits, labels, 0.2)
+    with count_strict() as counter:
+        cross_entropy(logits, labels, 0.2)
+    assert counter.count() == 12  # log-softmax 6, target 2, loss 1, gradient 3

@@ -201,7 +201,7 @@ def test_bench_ops_scopes_add_up_to_each_total(monkeypatch):
     monkeypatch.setenv("XPCNN_DEVICE", "device1")
     from importlib.util import find_spec
 
-    from xpcnn.bench import op_counts
+    from xpcnn.bench_ops import op_counts
 
     peer = find_spec("torch") is not None
     result = op_counts("seed", 2, count_strict, peer)

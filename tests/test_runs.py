@@ -30,9 +30,9 @@ V1_META = json.loads((Path(__file__).parent / "data" / "meta-v1.json").read_text
 
 
 def record(**changes) -> RunRecord:
-    config = TrainConfig.resolve({"data": "pics", "epochs": 3})
+    config = TrainConfig.resolve({"data": "pics", "epochs": 3, "model": "seed"})
     base = RunRecord(
-        config, "seed", {"num_classes": 2, "in_channels": 3, "image_size": 8}, ("blue", "red"),
+        config, {"num_classes": 2, "in_channels": 3, "image_size": 8}, ("blue", "red"),
         (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), data_size=20, train_size=16, val_size=4,
     )  # fmt: skip
     return replace(base, **changes)
@@ -126,6 +126,22 @@ def test_best_follows_the_highest_validation_accuracy():
     assert (rec.epoch, rec.best) == (3, (2, 0.75))
 
 
+def test_a_record_names_one_model():
+    stored = record().to_json()
+    stored["model"]["name"] = "fast"
+    with pytest.raises(RecordError, match="model.name: 'fast' differs from config.model 'seed'"):
+        RunRecord.from_json(stored, "run.npz")
+
+
+def test_a_stored_best_that_is_not_the_historys_is_refused():
+    rec = record().after_epoch({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "lr": 0.1,
+                                "seconds": 1.0, "images_per_s": 16.0, "val_loss": 0.9,
+                                "val_acc": 0.75})  # fmt: skip
+    stored = rec.to_json() | {"best": [1, 0.5]}
+    with pytest.raises(RecordError, match="best: differs from the best epoch of the history"):
+        RunRecord.from_json(stored, "run.npz")
+
+
 def test_a_version_1_record_migrates():
     migrated = RunRecord.from_json(V1_META, "v1.npz")
     assert migrated.config.tta is False and migrated.epoch == 2 and migrated.best == (1, 1.0)
@@ -140,8 +156,10 @@ def test_a_schema_2_fast_run_names_the_network_it_was_trained_as_fast_v1():
     migrated = RunRecord.from_json(meta, "v2.npz")
     assert migrated.model == migrated.config.model == "fast-v1"
     assert migrated.to_json()["schema"] == 3
-    current = RunRecord.from_json(migrated.to_json() | {"model": {"name": "fast",
-                                  "kwargs": dict(migrated.model_args)}}, "v3.npz")  # fmt: skip
+    stored = migrated.to_json()
+    stored |= {"model": {"name": "fast", "kwargs": dict(migrated.model_args)},
+               "config": {**stored["config"], "model": "fast"}}  # fmt: skip
+    current = RunRecord.from_json(stored, "v3.npz")
     assert current.model == "fast"  # a schema-3 "fast" is the airbench network
 
 
@@ -205,7 +223,7 @@ def test_restore_builds_the_named_preset_with_the_weights(tmp_path):
 def test_weights_of_another_model_do_not_restore(tmp_path):
     path = write_run(tmp_path, record())
     checkpoint = load_checkpoint(path)
-    checkpoint.meta["model"]["name"] = "fast"
+    checkpoint.meta["model"]["name"] = checkpoint.meta["config"]["model"] = "fast"
     rec = RunRecord.from_json(checkpoint.meta, path)
     with pytest.raises(RecordError, match="do not fit the 'fast' model"):
         restore_model(checkpoint, rec)
@@ -261,10 +279,10 @@ def test_a_lock_file_left_by_a_killed_run_is_taken_over(tmp_path):
 
 def test_resume_loads_the_validated_record(tmp_path):
     out = tmp_path / "run"
-    write_run(out, record(epoch=0))
+    write_run(out, record())
     with RunFolder.open(out, resume=True) as folder:
         checkpoint, rec = folder.resumed
-        assert rec == record(epoch=0) and checkpoint.path == out / "checkpoint.npz"
+        assert rec == record() and checkpoint.path == out / "checkpoint.npz"
 
 
 def test_resume_without_a_checkpoint_names_the_file(tmp_path):
@@ -300,7 +318,7 @@ def test_optimizer_state_that_does_not_fit_is_a_record_error(tmp_path, change, e
 def test_a_full_disk_names_the_file_and_the_epoch_that_is_safe(tmp_path, monkeypatch):
     import errno
 
-    from test_cli import write_folder
+    from cli_harness import write_folder
 
     import xpcnn.checkpoint
     from xpcnn.runs import train
@@ -326,7 +344,7 @@ def test_a_full_disk_names_the_file_and_the_epoch_that_is_safe(tmp_path, monkeyp
 def test_fast_leaves_out_the_last_partial_batch_and_whitens_from_the_data(tmp_path, model, steps):
     """40 training images in batches of 16: seed takes 16, 16, 8; fast drops the 8 (its
     preset's drop_last) and starts from a whitening conv fitted to the training images."""
-    from test_cli import write_folder
+    from cli_harness import write_folder
 
     from xpcnn.runs import train
 
@@ -344,7 +362,7 @@ def test_fast_leaves_out_the_last_partial_batch_and_whitens_from_the_data(tmp_pa
 def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """fast's Lookahead (on here for a 15-step run): stopped after epoch 1 and resumed, the run
     ends where an uninterrupted one does, slow copies included; and the syncs change the result."""
-    from test_cli import arrays, write_folder
+    from cli_harness import arrays, write_folder
 
     import xpcnn.runs.training
     from xpcnn.runs import TrainingInterrupted, train

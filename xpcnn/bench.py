@@ -23,10 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from xpcnn import opcount
 from xpcnn.backend import (
     asarray,
-    backend_name,
     device_info,
     device_memory_bytes,
     manual_seed,
@@ -192,23 +190,22 @@ def layer_profile(model: Sequential, batch: int, image_shape: tuple[int, ...], r
     channels, height, width = image_shape
     rng = np.random.default_rng(0)
     x = asarray(rng.standard_normal((batch, height, width, channels), dtype=np.float32))
-    order, needed = model.execution_order(), model.input_grads_needed(False)
-    best = {i: [float("inf"), float("inf")] for i in order}
+    best = {i: [float("inf"), float("inf")] for i in model.execution_order()}
+
+    def timed(index: int, phase: str, run: Any) -> Any:  # Sequential's walk, each layer timed
+        start = time.perf_counter()
+        out = run()
+        synchronize()
+        slot = 0 if phase == "forward" else 1
+        best[index][slot] = min(best[index][slot], time.perf_counter() - start)
+        return out
+
     for _ in range(rounds + 1):
-        h = x
-        for i in order:
-            start = time.perf_counter()
-            h = model[i].forward_channels_last(h)
-            synchronize()
-            best[i][0] = min(best[i][0], time.perf_counter() - start)
-        dy = h * 0 + 1
+        y = model.forward_channels_last(x, hook=timed)
         model.zero_grad()
-        for step in range(len(order) - 1, -1, -1):
-            start = time.perf_counter()
-            if dy is not None:
-                dy = model[order[step]].backward_channels_last(dy, needed[step])
-            synchronize()
-            best[order[step]][1] = min(best[order[step]][1], time.perf_counter() - start)
+        model.backward_channels_last(y * 0 + 1, input_grad=False, hook=timed)
+    for times in best.values():  # behind a frozen prefix: no backward, shown as 0 ms
+        times[1] = 0.0 if times[1] == float("inf") else times[1]
     return [(f"{i} {type(model[i]).__name__}", f * 1e3, b * 1e3) for i, (f, b) in best.items()]
 
 
@@ -321,91 +318,6 @@ def _memory_child(framework: str, name: str, batch: str, images: str, threads: s
     return before, _peak_rss_kib()
 
 
-# --- operations per step ---------------------------------------------------------------------
-
-
-def op_counts(name: str, batch: int, count: Any, peer: bool) -> dict[str, Any]:
-    """Operations, host→device copies and host reads of one training step of preset `name` at
-    `batch` (after one warm-up step), per scope (`opcount.xpcnn_step_scopes`), counted by
-    `count` (`opcount.counter_for`); with `peer`, the twin's too, counted by PyTorch's
-    dispatcher with foreach SGD (what PyTorch runs on a GPU)."""
-    image_shape = (3, 32, 32)
-    manual_seed(0)
-    model = build_model(name)
-    labels = opcount.layer_labels(model)
-    twin = torch_twin(model) if peer else None
-    x, y, optimizer = _xpcnn_inputs(model, batch, image_shape)
-    train_step(model, optimizer, x, y)  # the warm-up: caches and optimizer state made
-    with count() as xpcnn_counter, opcount.xpcnn_step_scopes(xpcnn_counter, model, optimizer):
-        train_step(model, optimizer, x, y)
-    counters = {"xpcnn": xpcnn_counter}
-    if twin is not None:
-        tx, ty, toptimizer = _torch_inputs(twin, batch, image_shape, torch_device(), foreach=True)
-        _torch_step(twin, toptimizer, tx, ty)
-        with (
-            opcount.count_torch() as twin_counter,
-            opcount.torch_step_scopes(twin_counter, twin, toptimizer, labels),
-        ):
-            _torch_step(twin, toptimizer, tx, ty)
-        counters["twin"] = twin_counter
-    result: dict[str, Any] = {"model": name, "batch": batch, "layers": labels}
-    for who, counter in counters.items():
-        for kind in ("op", "h2d", "d2h"):
-            result[f"{who}_{kind}s"] = counter.count(kind)
-        result[f"{who}_ops_by_scope"] = counter.by_scope()
-    if twin is not None:
-        result["ops_ratio"] = result["xpcnn_ops"] / result["twin_ops"]
-    return result
-
-
-def _print_op_scopes(result: dict[str, Any]) -> None:
-    """Per scope of the step: xpcnn's (and the twin's) forward and backward operations."""
-    who = [w for w in ("xpcnn", "twin") if f"{w}_ops_by_scope" in result]
-    print(f"       {'scope':22}" + "".join(f" {w + ' fwd':>10} {w + ' bwd':>10}" for w in who))
-    for label in (*result["layers"], "loss", "optimizer", opcount.OTHER):
-        cells: list[Any] = []
-        for w in who:
-            counts = result[f"{w}_ops_by_scope"]
-            if label in result["layers"]:
-                cells += [counts.get(f"{label}/forward", 0), counts.get(f"{label}/backward", 0)]
-            else:
-                cells += [counts.get(label, 0), ""]
-        print(f"       {label:22}" + "".join(f" {c:>10}" for c in cells).rstrip(), flush=True)
-
-
-def run_ops(args: argparse.Namespace, models: list[str], batches: list[int], peer: bool) -> int:
-    """`xpcnn bench --ops`: the operation counts of one training step per model and batch."""
-    count = opcount.counter_for(backend_name())  # a BackendError before any output
-    info: dict[str, Any] = system_info()
-    print(
-        f"# operations per training step (views, allocations and shape queries not counted): "
-        f"xpcnn on {backend_name()} {info['device']}"
-        + (f"; twin: torch {info['torch']} on {torch_device()}, foreach SGD" if peer else "")
-    )
-    print(
-        f"{'model':7} {'batch':>5} {'xpcnn ops':>10} {'twin ops':>9} {'ratio':>6} "
-        f"{'xpcnn h2d':>10} {'xpcnn d2h':>10} {'twin h2d':>9} {'twin d2h':>9}"
-    )
-    results = []
-    for name in models:
-        for batch in batches:
-            result = op_counts(name, batch, count, peer)
-            results.append(result)
-            twin = {kind: result.get(f"twin_{kind}", "-") for kind in ("ops", "h2ds", "d2hs")}
-            ratio = f"{result['ops_ratio']:.2f}" if "ops_ratio" in result else "-"
-            print(
-                f"{name:7} {batch:>5} {result['xpcnn_ops']:>10} {twin['ops']:>9} {ratio:>6} "
-                f"{result['xpcnn_h2ds']:>10} {result['xpcnn_d2hs']:>10} {twin['h2ds']:>9} "
-                f"{twin['d2hs']:>9}",
-                flush=True,
-            )
-            _print_op_scopes(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "results": results}, f, indent=2)
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     """`xpcnn bench` with its parsed arguments (see cli.py for their meaning)."""
     models = [m for m in args.models.split(",") if m]
@@ -423,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"xpcnn bench: PyTorch is not installed; {what} xpcnn alone", file=sys.stderr)
             peer = False
     if args.ops:
+        from xpcnn.bench_ops import run_ops
+
         return run_ops(args, models, batches, peer)
     info: dict[str, Any] = system_info()
     info["threads"] = str(args.threads)

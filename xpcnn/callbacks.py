@@ -1,6 +1,8 @@
 """Callbacks for `fit`, one job each (as Keras' `callbacks/`): progress bar, epoch log, NaN
-stop, Ctrl-C stop, dropout reseeding, and the writers of a run folder — checkpoint, history,
-plots. None of them knows about the command line; the run layer wires them together."""
+stop, stop on a signal, dropout reseeding, and the writers of a run folder — checkpoint, history,
+plots. None of them knows about the command line; the run layer wires them together. `fit` owns
+the history: a callback that needs earlier epochs reads fit's list (`on_train_begin`'s
+`fit_state["history"]`, appended before each `on_epoch_end`) and keeps no copy."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,33 +114,69 @@ class ReseedDropout(Callback):
         manual_seed(self.seed, progress.epoch, 2)
 
 
+# Ctrl-C; `docker stop`, Kubernetes and batch schedulers; the one `mpiexec` passes on to every rank
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
+
+
 class StopOnSignal(Callback):
-    """Inside `catching_sigint()`, Ctrl-C asks `fit` to stop after the step (or checkpoint
-    write) in progress (`train.Interrupted`). A second Ctrl-C stops at once."""
+    """Inside `catching_signals()`, any of STOP_SIGNALS asks `fit` to stop after the step,
+    validation batch or checkpoint write in progress (`train.Interrupted`); `signum` is the one
+    that arrived. A second signal stops at once (Ctrl-C: KeyboardInterrupt; the others: their
+    default action)."""
+
+    signum: int | None = None
 
     @contextmanager
-    def catching_sigint(self) -> Iterator[None]:
+    def catching_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum: int, frame: Any) -> None:
-            self.interrupt_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.interrupt_requested, self.signum = True, signum
+            for number in STOP_SIGNALS:
+                at_once = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+                signal.signal(number, at_once)
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """Which epoch is best (Keras' MonitorCallback): the one whose `monitor` entry is highest
+    (mode "max") or lowest ("min"), the first of equals; epochs without the entry do not count."""
+
+    monitor: str = "val_acc"
+    mode: str = "max"
+
+    def improves(self, value: float, best: float | None) -> bool:
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def best(self, history: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
+        """(epoch, value) of the best epoch of `history`, None when no epoch has the entry."""
+        found = None
+        for row in history:
+            if self.monitor in row and self.improves(row[self.monitor], found and found[1]):
+                found = (row["epoch"], row[self.monitor])
+        return found
+
+
+BEST = Monitor("val_acc", "max")  # the best epoch of a run: best.npz, the run's record
 
 
 class ModelCheckpoint(Callback):
     """After each epoch, the model and optimizer state with `meta(history)` as its JSON record
-    into `path` (atomically); with `best`, also into `best` whenever the epoch's `monitor` beats
-    every earlier epoch's (Keras' `save_best_only`), as a hard link to the file just written
-    rather than a second write. `history` holds earlier epochs of a resumed run.
-    `saved_epoch`: the epoch `path` holds (0: none yet)."""
+    into `path` (atomically); with `best`, also into `best` whenever the epoch is the best so far
+    by `monitor` (Keras' `save_best_only`), as a hard link to the file just written rather than
+    a second write. The history is fit's (`on_train_begin`); `saved_epoch`: the epoch `path`
+    holds (0: none yet)."""
 
     def __init__(
         self,
@@ -145,37 +184,38 @@ class ModelCheckpoint(Callback):
         model: Any,
         optimizer: Any,
         meta: Callable[[list[dict[str, Any]]], dict[str, Any]],
-        history: Sequence[dict[str, Any]] = (),
         best: str | Path | None = None,
-        monitor: str = "val_acc",
+        monitor: Monitor = BEST,
     ) -> None:
         self.path, self.model, self.optimizer, self.meta = Path(path), model, optimizer, meta
-        self.history, self.monitor = list(history), monitor
-        self.best_path = Path(best) if best is not None else None
+        self.best_path, self.monitor = (Path(best) if best is not None else None), monitor
+        self.history: list[dict[str, Any]] = []
+        self.saved_epoch = 0
+
+    def on_train_begin(self, fit_state: dict[str, Any]) -> None:
+        self.history = fit_state["history"]
         self.saved_epoch = self.history[-1]["epoch"] if self.history else 0
-        self.best = max((r[monitor] for r in self.history if monitor in r), default=None)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
         state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         save_checkpoint(self.path, state, optim_state, self.meta(self.history))
         self.saved_epoch = record["epoch"]
-        value = record.get(self.monitor)
-        if self.best_path is not None and value is not None:
-            if self.best is None or value > self.best:
-                self.best = value
-                atomic_link(self.path, self.best_path)
+        best = self.monitor.best(self.history)
+        if self.best_path is not None and best is not None and best[0] == record["epoch"]:
+            atomic_link(self.path, self.best_path)
 
 
 class HistoryLogger(Callback):
     """history.csv and history.json in `folder` after each epoch, each replaced atomically
-    (Keras' CSVLogger); `history` holds earlier epochs of a resumed run."""
+    (Keras' CSVLogger), from fit's history (`on_train_begin`)."""
 
-    def __init__(self, folder: str | Path, history: Sequence[dict[str, Any]] = ()) -> None:
-        self.folder, self.history = Path(folder), list(history)
+    def __init__(self, folder: str | Path) -> None:
+        self.folder, self.history = Path(folder), []
+
+    def on_train_begin(self, fit_state: dict[str, Any]) -> None:
+        self.history = fit_state["history"]
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
         write_history(self.history, self.folder)
 
 
@@ -199,20 +239,21 @@ class PlotWriter(Callback):
         self,
         folder: str | Path,
         model: Any,
-        history: Sequence[dict[str, Any]] = (),
         samples: Any = None,
         batches: Any = None,
         patience: float = 20.0,
         clock: Callable[[], float] = time.perf_counter,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
-        self.folder, self.model, self.history = Path(folder), model, list(history)
+        self.folder, self.model, self.history = Path(folder), model, []
         self.samples, self.batches, self.patience, self.clock = samples, batches, patience, clock
         self.log, self.failed = log, False
         self.drawn_epoch, self.drawing_s, self.since = 0, 0.0, clock()
 
+    def on_train_begin(self, fit_state: dict[str, Any]) -> None:
+        self.history = fit_state["history"]
+
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
         if self.clock() - self.since >= self.patience * self.drawing_s:
             self.draw()
 

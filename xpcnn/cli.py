@@ -2,7 +2,7 @@
 module that knows flag names, turning library errors into one line and an exit code.
 
 Exit codes: 0 success, 1 training diverged (NaN/Inf loss), 2 bad input (one line on stderr;
-`--debug` shows the traceback), 130 interrupted by Ctrl-C.
+`--debug` shows the traceback), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -273,19 +274,15 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     except TrainingInterrupted as stop:
         bar.close()
+        code = 128 + (stop.signum or signal.SIGINT)  # as the shell reports a signal: 130, 143
         if not comm.is_root:
-            return 130
+            return code
         print(f"\nxpcnn: {stop}", file=sys.stderr)
-        if stop.saved_epoch:
-            command = ["xpcnn", "train", "--data", stop.config.data, "--out", str(stop.out)]
-            print(
-                f"{stop.out}/checkpoint.npz holds epoch {stop.saved_epoch}/{stop.config.epochs}; "
-                f"continue with: {shlex.join(command)} --resume",
-                file=sys.stderr,
-            )
-        else:
-            print("no epoch finished, nothing was saved", file=sys.stderr)
-        return 130
+        command = ["xpcnn", "train", "--data", stop.config.data, "--out", str(stop.out)]
+        print(f"{stop.out}/checkpoint.npz holds epoch {stop.saved_epoch}/{stop.config.epochs}; "
+              f"continue with: {shlex.join(command)} --resume" if stop.saved_epoch
+              else "no epoch finished, nothing was saved", file=sys.stderr)  # fmt: skip
+        return code
     return 0
 
 

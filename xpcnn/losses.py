@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcnn.backend import device, namespace
-from xpcnn.layers.pooling import constant
+from xpcnn.backend import constant, device, namespace
 
 
 def log_softmax(logits: Any) -> Any:

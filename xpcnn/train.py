@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -210,7 +211,7 @@ def fit(
     if schedule is not None:  # one table on the device: the steps read it there
         optimizer.set_schedule(schedule, epochs * len(train))
     for callback in callbacks:
-        callback.on_train_begin({"epochs": epochs, "start_epoch": start_epoch})
+        callback.on_train_begin({"epochs": epochs, "start_epoch": start_epoch, "history": history})
     for epoch in range(start_epoch, epochs):
         model.train()
         progress = Progress(epoch=epoch, batches=len(train), comm=comm)
@@ -240,7 +241,9 @@ def fit(
             "images_per_s": running["images"] / max(seconds, 1e-9),
         }
         if val is not None:
-            scores = evaluate(model, val, comm=comm)
+            scores = evaluate(
+                model, val, comm=comm, check=partial(_stop_if_asked, callbacks, epoch)
+            )
             record["val_loss"], record["val_acc"] = scores["loss"], scores["accuracy"]
         history.append(record)
         for callback in callbacks:
@@ -268,6 +271,12 @@ def _stop_now(progress: Progress, callbacks: Sequence[Callback]) -> bool:
     return False
 
 
+def _stop_if_asked(callbacks: Sequence[Callback], epoch: int) -> None:
+    """Between validation batches: a stop asked for during a long evaluation ends it there."""
+    if any(callback.interrupt_requested for callback in callbacks):
+        raise Interrupted(epoch)
+
+
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     """log p(class | x); with `tta`, of the average over six views (airbench's multi-crop TTA):
     the image and its mirror image (weight 1/4 each), and both of those shifted one pixel
@@ -286,12 +295,20 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
     return total
 
 
-def evaluate(model: Any, batches: Any, tta: bool = False, comm: Any = None) -> dict[str, float]:
+def evaluate(
+    model: Any, batches: Any, tta: bool = False, comm: Any = None,
+    check: Callable[[], None] | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Mean cross-entropy and accuracy over every batch of epoch 0 (evaluation mode); with a
-    communicator, over every rank's batches (each rank holds its own share), counted exactly."""
+    communicator, over every rank's batches (each rank holds its own share), counted exactly.
+    `check` runs before each batch of one process and may raise to abandon the evaluation (a stop
+    request); with several ranks it does not run, as every rank must reach the final sum."""
     model.eval()
+    alone = comm is None or comm.size == 1
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches.epoch(0):
+        if check is not None and alone:
+            check()
         xp = namespace(x)
         log_p = _log_probabilities(model, x, tta)
         hits = xp.argmax(log_p, axis=1) == y

@@ -382,5 +382,7 @@ def _host_dtype(dtype: Any) -> np.dtype:
 
 # the random numbers, re-exported: `from xpcnn.backend import Generator, manual_seed`
 # a step recorded once as a CUDA graph and replayed (CuPy): `from xpcnn.backend import record`
+# arange or a fill made once per (shape, dtype, device): `from xpcnn.backend import constant`
+from xpcnn.backend.constants import constant  # noqa: E402, F401
 from xpcnn.backend.graphs import record, records  # noqa: E402, F401
 from xpcnn.backend.random import Generator, default_generator, manual_seed  # noqa: E402, F401

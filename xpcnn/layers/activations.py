@@ -7,9 +7,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from xpcnn.backend import default_generator, device, for_blocks, namespace, whole_arrays
+from xpcnn.backend import constant, default_generator, device, for_blocks, namespace, whole_arrays
 from xpcnn.layers.base import Layer
-from xpcnn.layers.pooling import constant
 
 
 def elementwise(fn: Callable[[Any], tuple[Any, ...]], x: Any, outputs: int) -> tuple[Any, ...]:

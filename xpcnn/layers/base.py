@@ -8,7 +8,7 @@ batches, like PyTorch, and converts once on the way in and once on the way out.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from math import prod
 from typing import Any
 
@@ -192,6 +192,15 @@ class Layer:
         return ""
 
 
+# hook(layer index, "forward" or "backward", run): calls run() (the layer's pass) and returns
+# its result; Sequential's walk calls it around each layer (bench's profile times it)
+Hook = Callable[[int, str, Callable[[], Any]], Any]
+
+
+def _run(index: int, phase: str, run: Callable[[], Any]) -> Any:
+    return run()
+
+
 class Sequential(Layer):
     """Layers applied in order; takes and returns (N, C, H, W) batches at its boundary.
 
@@ -228,11 +237,34 @@ class Sequential(Layer):
                 order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
-    def forward_channels_last(self, x: Any) -> Any:
+    def walk(
+        self,
+        value: Any,
+        visit: Callable[[int, int, Any], Any],
+        order: list[int] | None = None,
+        reverse: bool = False,
+    ) -> Any:
+        """The one walk over the layers (forward, backward, profiling, the summary): for each
+        position of `order` (default: the declared order), value = visit(position, layer index,
+        value), backwards with `reverse`; the walk ends where a visit returns None."""
+        order = list(range(len(self.layers))) if order is None else order
+        positions = range(len(order) - 1, -1, -1) if reverse else range(len(order))
+        for position in positions:
+            value = visit(position, order[position], value)
+            if value is None:
+                break
+        return value
+
+    def forward_channels_last(self, x: Any, hook: Hook | None = None) -> Any:
+        """The layers in `execution_order`; `hook(index, "forward", run)` wraps each layer's
+        call `run()` (profiling: time it) and returns its result."""
         self.order = self.execution_order()  # kept for backward
-        for position in self.order:
-            x = self.layers[position].forward_channels_last(x)
-        return x
+        hook = hook or _run
+
+        def forward(position: int, index: int, x: Any) -> Any:
+            return hook(index, "forward", lambda: self.layers[index].forward_channels_last(x))
+
+        return self.walk(x, forward, self.order)
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         """Accumulate parameter gradients; return dL/dx, or None when `input_grad` is False
@@ -254,31 +286,41 @@ class Sequential(Layer):
             trains = trains or self.layers[position].trains()
         return needed
 
-    def backward_channels_last(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward_channels_last(
+        self, dy: Any, input_grad: bool = True, hook: Hook | None = None
+    ) -> Any:
         """Layers in reverse order; the pass ends at the first layer whose input gradient is
-        not needed (`input_grads_needed`)."""
+        not needed (`input_grads_needed`). `hook(index, "backward", run)` as in forward."""
         needed = self.input_grads_needed(input_grad)
-        for step in range(len(self.order) - 1, -1, -1):
-            dy = self.layers[self.order[step]].backward_channels_last(dy, needed[step])
-            if dy is None:
-                break
-        return dy
+        hook = hook or _run
+
+        def backward(position: int, index: int, dy: Any) -> Any:
+            layer = self.layers[index]
+            return hook(
+                index, "backward", lambda: layer.backward_channels_last(dy, needed[position])
+            )
+
+        return self.walk(dy, backward, self.order, reverse=True)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        for layer in self.layers:
-            input_shape = layer.output_shape(input_shape)
-        return tuple(input_shape)
+        shapes = self._shapes(input_shape)
+        return tuple(shapes[-1][2]) if shapes else tuple(input_shape)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         return sum(layer.flops(shape) for layer, shape, _ in self._shapes(input_shape))
 
-    def _shapes(self, input_shape: tuple[int, ...]) -> Iterator[tuple[Layer, tuple, tuple]]:
+    def _shapes(self, input_shape: tuple[int, ...]) -> list[tuple[Layer, tuple, tuple]]:
         """(layer, its input shape, its output shape) for one image, channels-last, in the
         declared order."""
-        for layer in self.layers:
-            output = layer.output_shape(input_shape)
-            yield layer, tuple(input_shape), output
-            input_shape = output
+        shapes = []
+
+        def visit(position: int, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+            output = self.layers[index].output_shape(shape)
+            shapes.append((self.layers[index], tuple(shape), output))
+            return output
+
+        self.walk(tuple(input_shape), visit)
+        return shapes
 
     def summary(self, input_shape: tuple[int, ...]) -> Summary:
         """Output shape, parameters and forward FLOPs of each layer for one image of

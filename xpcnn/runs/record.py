@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import xpcnn
+from xpcnn.callbacks import BEST
 from xpcnn.checkpoint import Checkpoint, CheckpointError, first_line, load_checkpoint
 from xpcnn.models import PRESETS, build_model
 from xpcnn.runs.config import ConfigError, TrainConfig
@@ -30,8 +31,7 @@ class RunRecord:
     """What a checkpoint says about its run: the settings, the model and the data it was trained
     on, and the epochs done. Every reader of a checkpoint's meta goes through `from_json`."""
 
-    config: TrainConfig
-    model: str
+    config: TrainConfig  # its `model` names the preset
     model_args: dict[str, int]  # num_classes, in_channels, image_size
     classes: tuple[str, ...]
     mean: tuple[float, ...]
@@ -39,11 +39,23 @@ class RunRecord:
     data_size: int
     train_size: int
     val_size: int
-    epoch: int = 0
-    history: tuple[dict[str, Any], ...] = ()
-    best: tuple[int, float] | None = None  # (epoch, validation accuracy)
+    history: tuple[dict[str, Any], ...] = ()  # one row per finished epoch
     xpcnn_version: str = xpcnn.__version__
     backend: str = "numpy"
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def epoch(self) -> int:
+        """The epochs finished."""
+        return len(self.history)
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        """(epoch, validation accuracy) of the best epoch, by the rule `best.npz` follows."""
+        return BEST.best(self.history)
 
     @property
     def image_size(self) -> int:
@@ -53,17 +65,11 @@ class RunRecord:
         return build_model(self.model, **self.model_args)
 
     def after_epoch(self, row: dict[str, Any]) -> RunRecord:
-        """The record once epoch `row["epoch"]` is done (history and best updated)."""
-        best = self.best
-        if "val_acc" in row and (best is None or row["val_acc"] > best[1]):
-            best = (row["epoch"], row["val_acc"])
-        return replace(self, epoch=row["epoch"], history=(*self.history, row), best=best)
+        """The record once epoch `row["epoch"]` is done."""
+        return replace(self, history=(*self.history, row))
 
     def with_history(self, history: list[dict[str, Any]]) -> RunRecord:
-        record = replace(self, epoch=0, history=(), best=None)
-        for row in history:
-            record = record.after_epoch(row)
-        return record
+        return replace(self, history=tuple(history))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +101,8 @@ class RunRecord:
         name = check.get(spec, "model.name", str)
         if name not in PRESETS:
             check.fail("model.name", f"{name!r} is not a preset ({', '.join(PRESETS)})")
+        if name != config.model:
+            check.fail("model.name", f"{name!r} differs from config.model {config.model!r}")
         kwargs = {"in_channels": 3, **check.mapping(spec, "model.kwargs")}
         if set(kwargs) != set(MODEL_ARGS):
             check.fail("model.kwargs", f"expected exactly {', '.join(MODEL_ARGS)}")
@@ -118,10 +126,11 @@ class RunRecord:
         if epoch > config.epochs:
             check.fail("epoch", f"{epoch} is past the run's {config.epochs} epochs")
         history = check.history(meta, epoch)
-        best = check.best(meta, epoch)
+        if check.best(meta, epoch) != BEST.best(history):
+            check.fail("best", "differs from the best epoch of the history")
         return cls(
-            config, name, args, tuple(classes), mean, std, **sizes, epoch=epoch,
-            history=history, best=best, xpcnn_version=check.get(meta, "xpcnn_version", str),
+            config, args, tuple(classes), mean, std, **sizes, history=history,
+            xpcnn_version=check.get(meta, "xpcnn_version", str),
             backend=check.get(meta, "backend", str),
         )  # fmt: skip
 

@@ -4,6 +4,7 @@ data, model, optimizer, callbacks, `fit`, the final score — writing into the r
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -39,12 +40,22 @@ SAMPLES = 24  # validation images drawn in samples.png
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C (SIGINT) stopped training after a finished step. `saved_epoch`: the epoch the run
+    """A signal stopped training after a finished step: `signum` (Ctrl-C's SIGINT, SIGTERM from
+    `docker stop` or a scheduler; None when a callback asked). `saved_epoch`: the epoch the run
     folder's checkpoint holds (0 when none finished); `epoch`: the 0-based epoch it stopped in."""
 
-    def __init__(self, out: Path, epoch: int, saved_epoch: int, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        out: Path,
+        epoch: int,
+        saved_epoch: int,
+        config: TrainConfig,
+        signum: int | None = None,
+    ) -> None:
         self.out, self.epoch, self.saved_epoch, self.config = out, epoch, saved_epoch, config
-        super().__init__(f"interrupted in epoch {epoch + 1}/{config.epochs}")
+        self.signum = signum
+        by = f" by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT) else ""
+        super().__init__(f"interrupted{by} in epoch {epoch + 1}/{config.epochs}")
 
 
 class RunDiverged(TrainingDiverged):
@@ -92,8 +103,8 @@ def train(
         or with `resume` from the run's record (a chosen setting must then agree with it, except
         `epochs`, which can extend a run, and `data`, which may point to a moved copy).
     Raises ConfigError, RunFolderError, CheckpointError, DataError for bad input,
-    TrainingDiverged on a NaN/Inf loss and TrainingInterrupted on Ctrl-C; the last completed
-    epoch's checkpoint stays.
+    TrainingDiverged on a NaN/Inf loss and TrainingInterrupted on a stop signal (Ctrl-C,
+    SIGTERM); the last completed epoch's checkpoint stays.
     comm: an `xpcnn.distributed` communicator to train data-parallel on its ranks; rank 0
         alone logs, runs `callbacks` and writes the run folder, and its weights start every rank.
     """
@@ -147,7 +158,7 @@ def prepare(
     if resumed is None:
         mean, std = channel_stats(train_set.images)
         record = RunRecord(
-            config, config.model,
+            config,
             {"num_classes": len(dataset.classes), "in_channels": int(dataset.images.shape[1]),
              "image_size": size},
             tuple(dataset.classes), tuple(map(float, mean)), tuple(map(float, std)),
@@ -246,21 +257,18 @@ def _fit(
     last = None
     if folder is not None:
         samples = start.val_set.subset(_sample_picks(start.val_set.labels, SAMPLES))
-        last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, history,
-                               folder.best)  # fmt: skip
+        last = ModelCheckpoint(folder.checkpoint, model, start.optimizer, meta, folder.best)
         writers = [
             *callbacks,
             last,
-            HistoryLogger(folder.path, history),
-            PlotWriter(
-                folder.path, model, history, samples, eval_batches(samples, mean, std), log=log
-            ),  # fmt: skip
+            HistoryLogger(folder.path),
+            PlotWriter(folder.path, model, samples, eval_batches(samples, mean, std), log=log),
             EpochLog(log, config.epochs),
         ]
     all_callbacks = [ReseedDropout(config.seed), TerminateOnNaN(), *writers, stopper]
     out = folder.path if folder is not None else Path(".")
     checkpoint = out / "checkpoint.npz"
-    with quiet_float_errors(), stopper.catching_sigint():
+    with quiet_float_errors(), stopper.catching_signals():
         try:
             history = fit(
                 model, train_batches, optimizer=start.optimizer, epochs=config.epochs,
@@ -269,7 +277,7 @@ def _fit(
             )  # fmt: skip
         except Interrupted as stop:
             saved = last.saved_epoch if last is not None else 0
-            raise TrainingInterrupted(out, stop.epoch, saved, config) from None
+            raise TrainingInterrupted(out, stop.epoch, saved, config, stopper.signum) from None
         except TrainingDiverged as err:
             saved = last.saved_epoch if last is not None else 0
             raise RunDiverged(err, checkpoint, saved) from None
