@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 
-
 class Constant:
     def __init__(self, lr: float) -> None:
         self.lr = lr

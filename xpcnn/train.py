@@ -3,6 +3,10 @@
 `batches` arguments are any object with `len()` (batches per epoch) and `epoch(e)`, which
 yields (x, y) device batches in an order fixed by (seed, e) — `xpcnn.data.Batches` is one.
 The library prints nothing: what a person sees comes from callbacks (`xpcnn.callbacks`).
+
+Epochs: wherever an epoch is reported (history rows, `Interrupted`, `TrainingDiverged`, logs)
+it is counted from 1, as a person says "epoch 1 of 8"; where one is an index into a sequence
+(`fit`'s `start_epoch`, `Progress.epoch`, `batches.epoch(e)`) it counts from 0.
 """
 
 from __future__ import annotations
@@ -21,21 +25,22 @@ from xpcnn.data.augment import translate
 from xpcnn.distributed import Communicator
 from xpcnn.losses import cross_entropy, log_softmax, one_hot
 
-SYNC_EVERY = 20  # steps between the ranks' exchange of progress (loss, accuracy, Ctrl-C)
+SYNC_EVERY = 20  # steps between the ranks' exchange of progress (loss, accuracy, a stop)
 
 
 class Interrupted(Exception):
-    """A callback asked to stop now (Ctrl-C): raised out of `fit` after the step in progress;
-    `epoch` (0-based) is the epoch it stopped in. With several ranks all stop at the same step."""
+    """A callback asked to stop now (a signal): raised out of `fit` after the step in progress;
+    `epoch` is the epoch in progress, or about to start when the stop came at an epoch's end.
+    With several ranks all stop at the same step."""
 
     def __init__(self, epoch: int) -> None:
-        super().__init__(f"stop requested in epoch {epoch + 1}")
+        super().__init__(f"stop requested in epoch {epoch}")
         self.epoch = epoch
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: `epoch` (1-based), `step` (None: at the epoch's end),
-    `loss` and `lr` say where."""
+    """The loss became NaN or infinite: `epoch`, `step` (None: at the epoch's end), `loss` and
+    `lr` say where."""
 
     def __init__(self, epoch: int, step: int | None, loss: float, lr: float) -> None:
         self.epoch, self.step, self.loss, self.lr = epoch, step, loss, lr
@@ -225,7 +230,7 @@ def fit(
             progress.batch += 1
             progress.images += x.shape[0]
             if _stop_now(progress, callbacks):
-                raise Interrupted(epoch)
+                raise Interrupted(epoch + 2)  # the next one
             for callback in callbacks:
                 callback.on_batch_end(progress)
         synchronize()
@@ -252,7 +257,7 @@ def fit(
         if comm.size > 1:  # asked during validation or the checkpoint: decided together
             asked = comm.sum([float(asked)])[0] > 0
         if asked and epoch + 1 < epochs:
-            raise Interrupted(epoch + 1)
+            raise Interrupted(epoch + 2)  # the next one
         if any(callback.stop_training for callback in callbacks):
             break
     for callback in callbacks:
@@ -274,7 +279,7 @@ def _stop_now(progress: Progress, callbacks: Sequence[Callback]) -> bool:
 def _stop_if_asked(callbacks: Sequence[Callback], epoch: int) -> None:
     """Between validation batches: a stop asked for during a long evaluation ends it there."""
     if any(callback.interrupt_requested for callback in callbacks):
-        raise Interrupted(epoch)
+        raise Interrupted(epoch + 1)
 
 
 def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:

@@ -45,7 +45,7 @@ from xpcnn.layers import (
     Sequential,
 )
 from xpcnn.layers.conv import resolve_padding
-from xpcnn.layers.summary import channels_first, channels_last
+from xpcnn.layers.layout import channels_first, channels_last
 
 MIN_OPSET = 13  # Softmax over one axis (13); every operator used here has its current form
 # PyTorch's long-time default, read by the runtimes of the last years (servers, phones,

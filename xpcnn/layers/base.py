@@ -22,7 +22,8 @@ from xpcnn.backend import (
     namespace,
     to_numpy,
 )
-from xpcnn.layers.summary import Summary, SummaryRow, channels_first, channels_last
+from xpcnn.layers.layout import channels_first, channels_last
+from xpcnn.layers.summary import Summary, SummaryRow
 
 
 def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = "float32") -> Any:
@@ -107,6 +108,11 @@ class Layer:
 
     def zero_grad(self) -> None:
         self.gradients.clear()
+
+    def needs_grad(self, name: str) -> bool:
+        """Whether backward computes `name`'s gradient: a parameter of the layer that is not
+        frozen. Every layer asks this before computing one (PyTorch's requires_grad)."""
+        return name in self.params and name not in self.frozen
 
     def accumulate(self, name: str, grad: Any) -> None:
         """gradients[name] += grad; the first gradient after zero_grad is stored as it is, copied
@@ -218,11 +224,11 @@ class Sequential(Layer):
         return len(self.layers)
 
     def forward(self, x: Any) -> Any:
-        channels_first = x.ndim == 4
-        if channels_first:
+        images = x.ndim == 4  # (N, C, H, W) at the boundary
+        if images:
             x = namespace(x).permute_dims(x, (0, 2, 3, 1))
         x = self.forward_channels_last(x)
-        if channels_first and x.ndim == 4:
+        if images and x.ndim == 4:
             x = namespace(x).permute_dims(x, (0, 3, 1, 2))
         return x
 

@@ -227,14 +227,14 @@ class Conv2D(Layer):
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
         xp = namespace(dy)
         dy2 = xp.reshape(dy, (-1, self.out_channels))
-        if "bias" in self.params and "bias" not in self.frozen:
+        if self.needs_grad("bias"):
             self.accumulate("bias", row_sum(dy2))
-        if "weight" in self.frozen and not input_grad:
+        if not self.needs_grad("weight") and not input_grad:
             return None
         if self.algorithm != "im2col":
             return self._winograd_backward(dy, input_grad)
         (kh, kw), c = self.kernel, self.in_channels
-        if "weight" not in self.frozen:
+        if self.needs_grad("weight"):
             dw = xp.reshape(self.cols.T @ dy2, (kh, kw, c, self.out_channels))
             self.accumulate("weight", xp.permute_dims(dw, (3, 2, 0, 1)))
         if not input_grad:
@@ -277,8 +277,9 @@ class Conv2D(Layer):
             full = xp.zeros((n, th * m, tw * m, c), dtype=dy.dtype, device=device(dy))
             full[:, :oh, :ow, :] = dy
             dy = full
-        du, dpadded = winograd.backward(self.v, self.u, dy, self.padded_shape, m, input_grad)
-        if "weight" not in self.frozen:
+        du, dpadded = winograd.backward(self.v, self.u, dy, self.padded_shape, m, input_grad,
+                                        weight_grad=self.needs_grad("weight"))  # fmt: skip
+        if du is not None:
             self.accumulate("weight", winograd.kernel_grad(du, m))
         if not input_grad:
             return None

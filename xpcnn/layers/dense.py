@@ -36,8 +36,9 @@ class Dense(Layer):
         return y + self.params["bias"] if "bias" in self.params else y
 
     def backward(self, dy: Any, input_grad: bool = True) -> Any:
-        self.accumulate("weight", dy.T @ self.x)
-        if "bias" in self.params:
+        if self.needs_grad("weight"):
+            self.accumulate("weight", dy.T @ self.x)
+        if self.needs_grad("bias"):
             self.accumulate("bias", namespace(dy).sum(dy, axis=0))
         return dy @ self.params["weight"] if input_grad else None
 

@@ -34,7 +34,6 @@ class _BatchNorm(Layer):
     stays in cache, and x − μ is kept.
     """
 
-    axes: tuple[int, ...] = ()
     ndim = 0
 
     def __init__(
@@ -127,7 +126,7 @@ class _BatchNorm(Layer):
 
     def _accumulate(self, d_weight: Any, d_bias: Any) -> None:
         for name, grad in (("weight", d_weight), ("bias", d_bias)):
-            if name not in self.frozen:
+            if self.needs_grad(name):
                 self.accumulate(name, grad)
 
     def _backward_whole(self, dy2: Any, input_grad: bool) -> Any:
@@ -186,12 +185,10 @@ class _BatchNorm(Layer):
 class BatchNorm2D(_BatchNorm):
     """Per-channel batch norm of feature maps.   x: (N, H, W, C) → y: same shape."""
 
-    axes = (0, 1, 2)
     ndim = 4
 
 
 class BatchNorm1D(_BatchNorm):
     """Per-feature batch norm.   x: (N, F) → y: same shape."""
 
-    axes = (0,)
     ndim = 2

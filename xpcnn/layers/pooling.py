@@ -150,14 +150,15 @@ class MaxPool2D(_Pool2D):
                 first_max = _first_max(self.x, self.y, self.kernel)
             n, oh, ow, c = dy.shape
             dy6 = xp.reshape(dy, (n, oh, 1, ow, 1, c))
-            if n * oh * ow * c * 4 < BLOCKED_ELEMENTS:
+            window = self.kernel[0] * self.kernel[1]  # input elements per output
+            if n * oh * ow * c * window < BLOCKED_ELEMENTS:
                 return xp.reshape(xp.astype(first_max, dy.dtype) * dy6, self.input_shape)
             dx = xp.empty(first_max.shape, dtype=dy.dtype, device=device(dy))
 
             def block(_: int, images: slice) -> None:  # a few images at a time: in cache
                 dx[images, ...] = xp.astype(first_max[images, ...], dy.dtype) * dy6[images, ...]
 
-            for_blocks(block, n, oh * ow * c * 4, xp)
+            for_blocks(block, n, oh * ow * c * window, xp)
             return xp.reshape(dx, self.input_shape)
         dx = xp.zeros(self.input_shape, dtype=dy.dtype, device=device(dy))
         unclaimed = None

@@ -5,16 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One image's shape as the user gives it, (C, H, W), as the layers see it, (H, W, C)."""
-    return (*shape[1:], shape[0]) if len(shape) == 3 else tuple(shape)
-
-
-def channels_first(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One image's shape as the layers see it, (H, W, C), as the user sees it, (C, H, W)."""
-    return (shape[-1], *shape[:-1]) if len(shape) == 3 else tuple(shape)
-
-
 @dataclass(frozen=True)
 class SummaryRow:
     """One layer: its position, its repr, and per image its output shape as the user sees it

@@ -191,10 +191,12 @@ def forward(padded: Any, u: Any, tiles: tuple[int, int], m: int) -> tuple[Any, l
 
 
 def backward(
-    vs: list, u: Any, dy: Any, padded_shape: tuple, m: int, input_grad: bool
-) -> tuple[Any, Any]:
-    """(dU, d(padded) or None) for dY (N, TH·m, TW·m, C_out), chunk by chunk as in forward:
-    dM = A dY Aᵀ, dU = Σ_chunks V_kᵀ @ dM_k, dV_k = dM_k @ U_kᵀ, d(padded) = Σ B dV Bᵀ."""
+    vs: list, u: Any, dy: Any, padded_shape: tuple, m: int, input_grad: bool,
+    weight_grad: bool = True,
+) -> tuple[Any, Any]:  # fmt: skip
+    """(dU or None, d(padded) or None) for dY (N, TH·m, TW·m, C_out), chunk by chunk as in
+    forward: dM = A dY Aᵀ, dU = Σ_chunks V_kᵀ @ dM_k, dV_k = dM_k @ U_kᵀ, d(padded) = Σ B dV Bᵀ;
+    dU only with `weight_grad` (a frozen kernel's is never computed)."""
     xp = namespace(dy)
     n, oh, ow, _ = dy.shape
     tiles = (oh // m, ow // m)
@@ -204,8 +206,9 @@ def backward(
     for v in vs:
         step = v.shape[1] // (tiles[0] * tiles[1])
         dm = output_grad(dy[start : start + step, ...], m)
-        part = xp.matmul(xp.permute_dims(v, (0, 2, 1)), dm)
-        du = part if du is None else du + part
+        if weight_grad:
+            part = xp.matmul(xp.permute_dims(v, (0, 2, 1)), dm)
+            du = part if du is None else du + part
         if input_grad:
             add_input_grad(dpadded, start, xp.matmul(dm, u_t), tiles, m)
         start += step

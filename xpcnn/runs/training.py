@@ -41,8 +41,9 @@ SAMPLES = 24  # validation images drawn in samples.png
 
 class TrainingInterrupted(Exception):
     """A signal stopped training after a finished step: `signum` (Ctrl-C's SIGINT, SIGTERM from
-    `docker stop` or a scheduler; None when a callback asked). `saved_epoch`: the epoch the run
-    folder's checkpoint holds (0 when none finished); `epoch`: the 0-based epoch it stopped in."""
+        `docker stop` or a scheduler; None when a callback asked). `saved_epoch`: the epoch the run
+        folder's checkpoint holds (0 when none finished); `epoch`: the epoch it stopped in (counted
+    from 1, as `train.Interrupted`'s)."""
 
     def __init__(
         self,
@@ -55,7 +56,7 @@ class TrainingInterrupted(Exception):
         self.out, self.epoch, self.saved_epoch, self.config = out, epoch, saved_epoch, config
         self.signum = signum
         by = f" by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT) else ""
-        super().__init__(f"interrupted{by} in epoch {epoch + 1}/{config.epochs}")
+        super().__init__(f"interrupted{by} in epoch {epoch}/{config.epochs}")
 
 
 class RunDiverged(TrainingDiverged):
