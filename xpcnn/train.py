@@ -302,27 +302,36 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
 
 def evaluate(
     model: Any, batches: Any, tta: bool = False, comm: Any = None,
-    check: Callable[[], None] | None = None,
-) -> dict[str, float]:  # fmt: skip
+    check: Callable[[], None] | None = None, predictions: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """Mean cross-entropy and accuracy over every batch of epoch 0 (evaluation mode); with a
     communicator, over every rank's batches (each rank holds its own share), counted exactly.
-    `check` runs before each batch of one process and may raise to abandon the evaluation (a stop
-    request); with several ranks it does not run, as every rank must reach the final sum."""
+    The one definition of a score: validation during training and a run's final score
+    (`runs.scoring.score`, which asks for `predictions`: this process's predicted classes, in
+    order, on the host). `check` runs before each batch of one process and may raise to abandon
+    the evaluation (a stop request); with several ranks it does not run, as every rank must
+    reach the final sum."""
     model.eval()
     alone = comm is None or comm.size == 1
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, correct, count, predicted = 0.0, 0, 0, []
     for x, y in batches.epoch(0):
         if check is not None and alone:
             check()
         xp = namespace(x)
         log_p = _log_probabilities(model, x, tta)
-        hits = xp.argmax(log_p, axis=1) == y
+        classes = xp.argmax(log_p, axis=1)
+        if predictions:
+            predicted.append(to_numpy(classes))
+        hits = classes == y
         loss_sum = loss_sum - xp.sum(one_hot(y, log_p.shape[1], log_p.dtype) * log_p)
         correct = correct + xp.sum(xp.astype(hits, xp.int64))
         count += x.shape[0]
     model.train()
     loss, hits, count = (comm or Communicator()).sum([float(loss_sum), float(correct), count])
-    return {"loss": loss / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count)}
+    scores = {"loss": loss / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count)}
+    if predictions:
+        scores["predicted"] = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
+    return scores
 
 
 def predict(model: Any, batches: Iterable[Any] | Any, tta: bool = False) -> np.ndarray:

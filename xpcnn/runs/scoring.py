@@ -14,7 +14,7 @@ import numpy as np
 from xpcnn.data import Batches, Dataset, load_dataset, train_val_indices
 from xpcnn.data.images import read_image_files, resize_images
 from xpcnn.runs.record import RunRecord, load_run, restore_model
-from xpcnn.train import predict
+from xpcnn.train import evaluate, predict
 
 EVAL_BATCH = 256  # images per evaluation batch: no gradients are kept, so it can be large
 SPLITS = ("test", "val", "train", "all")
@@ -37,25 +37,24 @@ def score(
     model: Any, dataset: Dataset, mean: Any, std: Any, tta: bool = False,
     batch_size: int = EVAL_BATCH,
 ) -> dict[str, Any]:  # fmt: skip
-    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (true × predicted)
-    of `model` on a labelled dataset."""
+    """Accuracy, mean cross-entropy (as validation during training computes them:
+    `train.evaluate`), per-class accuracy and the confusion matrix (true × predicted) of `model`
+    on a labelled dataset."""
     if len(dataset) == 0:
         raise ScoringError("data", dataset.source, "has no images to score")
-    probabilities = predict(model, eval_batches(dataset, mean, std, batch_size), tta=tta)
-    labels = np.asarray(dataset.labels, dtype=np.int64)
-    k = probabilities.shape[1]
-    predicted = probabilities.argmax(axis=1)
+    scores = evaluate(model, eval_batches(dataset, mean, std, batch_size), tta, predictions=True)
+    labels, predicted = np.asarray(dataset.labels, dtype=np.int64), scores["predicted"]
+    k = max(len(dataset.classes), int(predicted.max()) + 1, int(labels.max()) + 1)
     confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
-    picked = probabilities[np.arange(len(labels)), labels]
     per_class = {
         dataset.classes[c]: float(confusion[c, c] / confusion[c].sum())
         for c in range(min(k, len(dataset.classes)))
         if confusion[c].sum()
     }
     return {
-        "accuracy": float((predicted == labels).mean()),
-        "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
-        "n": len(labels),
+        "accuracy": scores["accuracy"],
+        "loss": scores["loss"],
+        "n": scores["n"],
         "per_class": per_class,
         "confusion": confusion,
         "predicted": predicted,
