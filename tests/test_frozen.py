@@ -16,9 +16,10 @@ WITH_PARAMETERS = [  # (maker, input shape): each layer class with parameters, e
     (lambda: BatchNorm2D(3), (2, 4, 4, 3)),
     (lambda: BatchNorm1D(5), (4, 5)),
 ]
-# the public layer classes without parameters of their own (Sequential's are its layers')
+# the public layer classes without parameters of their own (Sequential's and Residual's are
+# their layers')
 WITHOUT = {"AvgPool2D", "Dropout", "Flatten", "GELU", "GlobalAvgPool2D", "GlobalMaxPool2D",
-           "Layer", "MaxPool2D", "ReLU", "Scale", "Sequential"}  # fmt: skip
+           "Layer", "MaxPool2D", "ReLU", "Residual", "Scale", "Sequential"}  # fmt: skip
 
 
 def test_every_public_layer_class_is_listed_here():

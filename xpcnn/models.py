@@ -1,6 +1,6 @@
 """Model presets — a network builder and its training recipe: `seed` (the notebook's network),
-`fast` (airbench's network and recipe, for accuracy per minute) and `fast-v1` (its predecessor,
-kept so that its checkpoints load)."""
+`fast` (airbench's network and recipe, for accuracy per minute), `fast-v1` (its predecessor,
+kept so that its checkpoints load), and the residual networks `resnet20` and `resnet18`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from xpcnn.layers import (
     Conv2D,
     Dense,
     Flatten,
+    GlobalAvgPool2D,
     GlobalMaxPool2D,
     MaxPool2D,
     ReLU,
+    Residual,
     Scale,
     Sequential,
     identity_init,
@@ -136,6 +138,68 @@ def fast(
     )
 
 
+def basic_block(cin: int, cout: int, stride: int = 1, **kw: Any) -> Residual:
+    """He et al.'s basic block, torchvision's names: conv1 (3x3, `stride`) – bn1 – relu – conv2
+    (3x3) – bn2, plus the input, then ReLU. Where the shape changes the shortcut ("downsample")
+    is a strided 1x1 conv and BatchNorm (the paper's option B)."""
+    body = Sequential(
+        ("conv1", Conv2D(cin, cout, 3, stride=stride, padding=1, bias=False, **kw)),
+        ("bn1", BatchNorm2D(cout, **kw)),
+        ("relu", ReLU()),
+        ("conv2", Conv2D(cout, cout, 3, padding=1, bias=False, **kw)),
+        ("bn2", BatchNorm2D(cout, **kw)),
+    )
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = Sequential(
+            Conv2D(cin, cout, 1, stride=stride, padding=0, bias=False, **kw),
+            BatchNorm2D(cout, **kw),
+        )
+    return Residual(body, shortcut, activation=ReLU())
+
+
+def resnet(
+    widths: tuple[int, ...], blocks: int, num_classes: int, in_channels: int, **kw: Any
+) -> Sequential:
+    """A CIFAR ResNet with torchvision's module names: conv1 (3x3, stride 1) – bn1 – relu, then
+    stages layer1, layer2, ... of `blocks` basic blocks each (every stage after the first halves
+    the image in its first block), global average pool and fc."""
+    stages, cin = [], widths[0]
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        layers = [basic_block(cin, width, stride, **kw)]
+        layers += [basic_block(width, width, **kw) for _ in range(blocks - 1)]
+        stages.append((f"layer{i + 1}", Sequential(*layers)))
+        cin = width
+    return Sequential(
+        ("conv1", Conv2D(in_channels, widths[0], 3, padding=1, bias=False, **kw)),
+        ("bn1", BatchNorm2D(widths[0], **kw)),
+        ("relu", ReLU()),
+        *stages,
+        ("avgpool", GlobalAvgPool2D()),
+        ("flatten", Flatten()),
+        ("fc", Dense(widths[-1], num_classes, **kw)),
+    )
+
+
+def resnet20(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kw: Any
+) -> Sequential:
+    """He et al. (2016)'s CIFAR ResNet-20: three stages of three basic blocks, 16, 32 and 64
+    channels; 0.27 M parameters, about 82 MFLOP (41 M multiply-adds) per 32x32 image."""
+    return resnet((16, 32, 64), 3, num_classes, in_channels, **kw)
+
+
+def resnet18(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kw: Any
+) -> Sequential:
+    """ResNet-18 in its CIFAR form (3x3 stem at stride 1, no max pool): four stages of two basic
+    blocks, 64 to 512 channels; 11.2 M parameters, about 1.1 GFLOP (0.56 G multiply-adds) per
+    32x32 image. A state dict of PyTorch's CIFAR ResNet-18 with torchvision's names loads as
+    it is."""
+    return resnet((64, 128, 256, 512), 2, num_classes, in_channels, **kw)
+
+
 def fan_in_uniform(like: Any, fan_in: int) -> Any:
     """PyTorch's default weights for Conv2d and Linear, of `like`'s shape and dtype: uniform in
     ±1/√fan_in (airbench keeps them)."""
@@ -231,6 +295,20 @@ PRESETS = {
         Recipe(epochs=14, lr=0.1, label_smoothing=0.2, tta=True),  # 88.5% with TTA, 14 epochs
         "the first fast (xpcnn 0.1): airbench's layout at half width, standard initialisation",
         min_image_size=8,  # three 2x2 pools
+    ),
+    # He et al. train 164 epochs at lr 0.1, batch 128, weight decay 1e-4; these shorter one-cycle
+    # recipes are not measured yet (BENCHMARKS.md)
+    "resnet20": Preset(
+        resnet20,
+        Recipe(epochs=40, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="onecycle"),
+        "He et al.'s CIFAR ResNet-20: 3 stages of 3 basic blocks, 16-32-64 channels",
+        min_image_size=4,  # two stride-2 stages
+    ),
+    "resnet18": Preset(
+        resnet18,
+        Recipe(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="onecycle"),
+        "ResNet-18, CIFAR form (3x3 stem, no max pool), torchvision's module names",
+        min_image_size=8,  # three stride-2 stages
     ),
 }
 MODELS = tuple(PRESETS)

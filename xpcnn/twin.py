@@ -3,6 +3,7 @@ the same weights (a benchmark peer and a test oracle; PyTorch is never a depende
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from xpcnn.layers import (
     GlobalMaxPool2D,
     MaxPool2D,
     ReLU,
+    Residual,
     Scale,
     Sequential,
 )
@@ -40,9 +42,33 @@ def torch_twin(model: Sequential) -> Any:
         def forward(self, x: Any) -> Any:
             return x * self.factor
 
+    class TorchResidual(nn.Module):
+        """y = act(body(x) + shortcut(x)), its body's modules named as in `Residual`."""
+
+        def __init__(self, body: list, downsample: Any, activation: Any) -> None:
+            super().__init__()
+            self.body_names = [name for name, _ in body]
+            for name, module in body:
+                self.add_module(name, module)
+            self.downsample, self.activation = downsample, activation
+
+        def forward(self, x: Any) -> Any:
+            y = x
+            for name in self.body_names:
+                y = getattr(self, name)(y)
+            y = y + (x if self.downsample is None else self.downsample(x))
+            return y if self.activation is None else self.activation(y)
+
     def convert(layer: Any) -> Any:
+        if layer is None:
+            return None
         if isinstance(layer, Sequential):
-            return nn.Sequential(*[convert(inner) for inner in layer.layers])
+            return nn.Sequential(
+                OrderedDict((name, convert(inner)) for name, inner in layer.named_children())
+            )
+        if isinstance(layer, Residual):
+            body = [(name, convert(inner)) for name, inner in layer.body_children()]
+            return TorchResidual(body, convert(layer.shortcut), convert(layer.activation))
         if isinstance(layer, Conv2D):
             padding = layer.padding
             if padding == "same" and layer.stride > 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from xpcnn.layers import (
     Layer,
     MaxPool2D,
     ReLU,
+    Residual,
     Scale,
     Sequential,
 )
@@ -174,7 +175,18 @@ def _identity(g: _Graph, layer: Dropout, x: str, shape: tuple, name: str) -> str
 
 
 def _sequential(g: _Graph, layer: Sequential, x: str, shape: tuple, name: str) -> str:
-    return _layers(g, layer, x, shape, f"{name}.")[0]
+    return _layers(g, layer.named_children(), x, shape, f"{name}.")[0]
+
+
+def _residual(g: _Graph, layer: Residual, x: str, shape: tuple, name: str) -> str:
+    body, out_shape = _layers(g, layer.body_children(), x, shape, f"{name}.")
+    skip = x
+    if layer.shortcut is not None:
+        skip = _exporter(layer.shortcut)(g, layer.shortcut, x, shape, f"{name}.downsample")
+    y = g.node("Add", [body, skip], f"{name}.add")
+    if layer.activation is None:
+        return y
+    return _exporter(layer.activation)(g, layer.activation, y, out_shape, f"{name}.activation")
 
 
 EXPORTERS: dict[type, Exporter] = {
@@ -192,6 +204,7 @@ EXPORTERS: dict[type, Exporter] = {
     Flatten: _flatten,
     Dropout: _identity,
     Sequential: _sequential,
+    Residual: _residual,
 }
 
 
@@ -205,10 +218,13 @@ def _exporter(layer: Layer) -> Exporter:
     raise ExportError(layer, f"no ONNX form for this layer (exportable: {names})")
 
 
-def _layers(g: _Graph, model: Sequential, x: str, shape: tuple, prefix: str) -> tuple[str, tuple]:
-    """The layers of `model` in declared order: (output name, one image's output shape)."""
-    for index, layer in enumerate(model.layers):
-        x = _exporter(layer)(g, layer, x, shape, f"{prefix}{index}")
+def _layers(
+    g: _Graph, layers: Iterable[tuple[str, Layer]], x: str, shape: tuple, prefix: str
+) -> tuple[str, tuple]:
+    """(name, layer) pairs applied in order, each named by `prefix` and its name (the
+    initializers get its state-dict keys): (output name, one image's output shape)."""
+    for child, layer in layers:
+        x = _exporter(layer)(g, layer, x, shape, f"{prefix}{child}")
         shape = channels_first(layer.output_shape(channels_last(shape)))
     return x, shape
 
@@ -243,7 +259,7 @@ def onnx_model(
     x = g.node("Mul", [x, g.constant("input.scale", scale)], "scaled")
     x = g.node("Sub", [x, g.constant("input.shift", (mean64 / std64).reshape(scale.shape))],
                "normalized")  # fmt: skip
-    x, shape = _layers(g, model, x, tuple(input_shape), "")
+    x, shape = _layers(g, model.named_children(), x, tuple(input_shape), "")
     if len(shape) != 1:
         raise ExportError(model, f"expected the network to end in class scores (K,), got {shape}")
     if len(classes) != shape[0]:

@@ -12,6 +12,7 @@ from xpcnn.layers.init import identity_init, whitening_init
 from xpcnn.layers.normalization import BatchNorm1D, BatchNorm2D
 from xpcnn.layers.pooling import AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D
 from xpcnn.layers.reshape import Flatten
+from xpcnn.layers.residual import Residual
 from xpcnn.layers.summary import Summary, SummaryRow
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Layer",
     "MaxPool2D",
     "ReLU",
+    "Residual",
     "Scale",
     "Sequential",
     "Summary",

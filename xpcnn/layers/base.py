@@ -8,7 +8,7 @@ batches, like PyTorch, and converts once on the way in and once on the way out.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from math import prod
 from typing import Any
 
@@ -101,6 +101,8 @@ class Layer:
 
     def train(self, mode: bool = True) -> Layer:
         self.training = mode
+        for _, child in self.named_children():
+            child.train(mode)
         return self
 
     def eval(self) -> Layer:
@@ -108,6 +110,8 @@ class Layer:
 
     def zero_grad(self) -> None:
         self.gradients.clear()
+        for _, child in self.named_children():
+            child.zero_grad()
 
     def needs_grad(self, name: str) -> bool:
         """Whether backward computes `name`'s gradient: a parameter of the layer that is not
@@ -126,17 +130,25 @@ class Layer:
             self.gradients[name] = grad
 
     def named_children(self) -> Iterator[tuple[str, Layer]]:
-        """The layers this one holds, by the names their state-dict keys start with."""
+        """The layers this one holds, by the names their state-dict keys start with; every
+        named_* method lists the layer's own entries, then each child's as "<child>.<key>"."""
         return iter(())
+
+    def _children(self, method: str) -> Iterator[tuple[str, Any]]:
+        for prefix, child in self.named_children():
+            for name, value in getattr(child, method)():
+                yield f"{prefix}.{name}", value
 
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         yield from self.params.items()
+        yield from self._children("named_parameters")
 
     def named_lr_scales(self) -> Iterator[tuple[str, float]]:
         """Each parameter's learning-rate multiplier: 0 when frozen, else its `lr_scales` entry
         (default 1)."""
         for name in self.params:
             yield name, 0.0 if name in self.frozen else float(self.lr_scales.get(name, 1.0))
+        yield from self._children("named_lr_scales")
 
     def trains(self) -> bool:
         """Whether any parameter of the layer is trained (not frozen)."""
@@ -146,15 +158,20 @@ class Layer:
         for name, value in self.params.items():
             grad = self.gradients.get(name)
             yield name, grad if grad is not None else namespace(value).zeros_like(value)
+        yield from self._children("named_gradients")
 
     def named_state(self) -> Iterator[tuple[str, Any]]:
         """Parameters then buffers, in PyTorch's state-dict order."""
         yield from self.params.items()
         yield from self.buffers.items()
+        yield from self._children("named_state")
 
     def set_state(self, name: str, value: Any) -> None:
-        target = self.params if name in self.params else self.buffers
-        target[name] = value
+        prefix, child, rest = name.partition(".")
+        if child:  # "<child>.<key>"
+            dict(self.named_children())[prefix].set_state(rest, value)
+        else:
+            (self.params if name in self.params else self.buffers)[name] = value
 
     def parameters(self) -> list[Any]:
         return [value for _, value in self.named_parameters()]
@@ -197,6 +214,11 @@ class Layer:
     def extra_repr(self) -> str:
         return ""
 
+    def brief(self) -> str:
+        """One line for a summary row: the repr, or the class and its children's classes."""
+        children = ", ".join(type(child).__name__ for _, child in self.named_children())
+        return f"{type(self).__name__}({children})" if children else " ".join(repr(self).split())
+
 
 # hook(layer index, "forward" or "backward", run): calls run() (the layer's pass) and returns
 # its result; Sequential's walk calls it around each layer (bench's profile times it)
@@ -210,15 +232,28 @@ def _run(index: int, phase: str, run: Callable[[], Any]) -> Any:
 class Sequential(Layer):
     """Layers applied in order; takes and returns (N, C, H, W) batches at its boundary.
 
-    State-dict keys are "<index>.<name>", the same as `torch.nn.Sequential`'s.
+    Layers may be named, `Sequential(("conv1", Conv2D(...)), ...)` or `Sequential({"conv1":
+    ...})`; an unnamed layer is named by its index. State-dict keys are "<name>.<key>", the same
+    as `torch.nn.Sequential`'s ("0.weight", or "conv1.weight").
     """
 
-    def __init__(self, *layers: Layer) -> None:
+    def __init__(self, *layers: Layer | tuple[str, Layer] | Mapping[str, Layer]) -> None:
         super().__init__()
-        self.layers = list(layers)
+        if len(layers) == 1 and isinstance(layers[0], Mapping):
+            layers = tuple(layers[0].items())
+        named = [
+            item if isinstance(item, tuple) else (str(i), item) for i, item in enumerate(layers)
+        ]
+        names = [name for name, _ in named]
+        for name in names:
+            if not name or "." in name or names.count(name) > 1:
+                expected = "unique, non-empty and without '.'"
+                raise ValueError(f"Sequential: layer names must be {expected}, got {name!r}")
+        self.names = names
+        self.layers = [layer for _, layer in named]
 
-    def __getitem__(self, index: int) -> Layer:
-        return self.layers[index]
+    def __getitem__(self, index: int | str) -> Layer:
+        return self.layers[self.names.index(index) if isinstance(index, str) else index]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -333,48 +368,18 @@ class Sequential(Layer):
         `input_shape` as the user sees it: (C, H, W), or (F,) for features (Keras' summary)."""
         rows = []
         for index, (layer, shape, output) in enumerate(self._shapes(channels_last(input_shape))):
-            name = " ".join(repr(layer).split())  # a nested Sequential on one line
+            name = layer.brief()
+            if self.names[index] != str(index):
+                name = f"{self.names[index]}: {name}"
             flops = layer.flops(shape)
             rows.append(
                 SummaryRow(index, name, channels_first(output), layer.num_parameters(), flops)
             )
         return Summary(tuple(input_shape), tuple(rows))
 
-    def train(self, mode: bool = True) -> Sequential:
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    def zero_grad(self) -> None:
-        for layer in self.layers:
-            layer.zero_grad()
-
     def named_children(self) -> Iterator[tuple[str, Layer]]:
-        for index, layer in enumerate(self.layers):
-            yield str(index), layer
-
-    def _named(self, method: str) -> Iterator[tuple[str, Any]]:
-        for index, layer in enumerate(self.layers):
-            for name, value in getattr(layer, method)():
-                yield f"{index}.{name}", value
-
-    def named_parameters(self) -> Iterator[tuple[str, Any]]:
-        return self._named("named_parameters")
-
-    def named_gradients(self) -> Iterator[tuple[str, Any]]:
-        return self._named("named_gradients")
-
-    def named_lr_scales(self) -> Iterator[tuple[str, float]]:
-        return self._named("named_lr_scales")
-
-    def named_state(self) -> Iterator[tuple[str, Any]]:
-        return self._named("named_state")
-
-    def set_state(self, name: str, value: Any) -> None:
-        index, _, rest = name.partition(".")
-        self.layers[int(index)].set_state(rest, value)
+        return zip(self.names, self.layers, strict=True)
 
     def __repr__(self) -> str:
-        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "\n".join(f"  ({name}): {layer!r}" for name, layer in self.named_children())
         return f"Sequential(\n{inner}\n)"
