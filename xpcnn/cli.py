@@ -63,8 +63,8 @@ _seed = _number(int, 0, 2**63, "an integer >= 0")
 
 # flag -> (type or action, metavar, help); every default is the preset's recipe or TrainConfig's
 _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
-    "--data": (str, "SOURCE", "'cifar10' (downloaded on first use), a CIFAR-10 archive or folder, "
-               "or an image folder/archive ROOT/<class>/*.png|jpg (default: cifar10)"),
+    "--data": (str, "SOURCE", "cifar10 (the default), cifar100[-coarse], mnist, fashion-mnist "
+               "(downloaded once), their files, or an image folder/archive ROOT/<class>/*.png|jpg"),
     "--epochs": (_positive_int, "N", "(default: the preset's recipe)"),
     "--batch-size": (_positive_int, "B", "(default: the preset's recipe)"),
     "--lr": (_non_negative, "X", "peak learning rate (default: the recipe's; 0.001 for adam and "
@@ -203,11 +203,7 @@ def build_parser() -> Parser:
     predict.add_argument("--checkpoint", required=True, metavar="FILE")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument(
-        "--top",
-        type=_positive_int,
-        default=3,
-        metavar="K",
-        help="classes to show per image (default: 3)",
+        "--top", type=_positive_int, default=3, metavar="K", help="classes per image (default: 3)"
     )
     predict.add_argument(
         "--tta",
@@ -218,10 +214,13 @@ def build_parser() -> Parser:
     _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))
 
     # fmt: off
-    export = add("export", _export,
-                 "write a checkpoint as an ONNX model (uint8 images in, probabilities out)")
+    export = add("export", _export, "write a checkpoint as an ONNX model (uint8 images in, "
+                 "probabilities out) or as safetensors weights (PyTorch's keys)")
     export.add_argument("--checkpoint", required=True, metavar="FILE")
-    export.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    out = export.add_mutually_exclusive_group(required=True)
+    out.add_argument("--onnx", metavar="OUT", help="the .onnx file to write")
+    out.add_argument("--safetensors", metavar="OUT", help="the .safetensors file to write: the "
+                     "state dict; classes, mean, std and preset in its metadata")
     export.add_argument("--opset", metavar="N",
                         type=_number(int, MIN_OPSET, float("inf"), f"an opset >= {MIN_OPSET}"),
                         help=f"ONNX opset (default: {DEFAULT_OPSET}; from 20 GELU is one operator)")
@@ -326,8 +325,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from xpcnn.export import describe, export_checkpoint
+    from xpcnn.export import describe, export_checkpoint, export_safetensors
 
+    if args.safetensors:
+        print(f"{args.safetensors}: {export_safetensors(args.checkpoint, args.safetensors)}")
+        return 0
     model = export_checkpoint(args.checkpoint, args.onnx, opset=args.opset)
     print(f"{args.onnx}: {describe(model)}")
     return 0

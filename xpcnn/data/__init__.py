@@ -1,6 +1,6 @@
 """The data pipeline: source → host dataset → batches on the device.
 
-load_dataset            "cifar10", CIFAR-10 archives/folders, image folders and archives
+load_dataset            "cifar10", "cifar100", "mnist", "fashion-mnist", their files, image folders
 stratified_split        deterministic stratified train/validation indices (and subsets)
 channel_stats           per-channel mean and std for normalisation
 random_crop, horizontal_flip, cutout, Augment     augmentation on the device, per batch
@@ -11,7 +11,7 @@ from xpcnn.data.augment import Augment, cutout, horizontal_flip, random_crop
 from xpcnn.data.batches import Batches
 from xpcnn.data.cifar10 import CIFAR10_CLASSES
 from xpcnn.data.dataset import DataError, Dataset, data_home
-from xpcnn.data.sources import is_cifar10_name, load_dataset
+from xpcnn.data.sources import is_cifar10_name, is_dataset_name, load_dataset
 from xpcnn.data.splits import (
     channel_stats,
     stratified_split,
@@ -30,6 +30,7 @@ __all__ = [
     "data_home",
     "horizontal_flip",
     "is_cifar10_name",
+    "is_dataset_name",
     "load_dataset",
     "random_crop",
     "stratified_split",

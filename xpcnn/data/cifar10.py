@@ -123,17 +123,16 @@ class _PlainUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing global {module}.{name}") from None
 
 
-def _unpickle(data: bytes, name: str) -> dict:
+def unpickle_plain(data: bytes, name: str, expected: str = "a CIFAR-10 batch") -> dict:
+    """The dict a CIFAR pickle holds, its keys as str, read by `_PlainUnpickler`."""
     try:
         obj = _PlainUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as err:
-        raise DataError(
-            f"{name}: unsafe or corrupt pickle ({err}); expected a CIFAR-10 batch"
-        ) from None
+        raise DataError(f"{name}: unsafe or corrupt pickle ({err}); expected {expected}") from None
     except Exception as err:  # truncated or garbage bytes raise all sorts
         raise DataError(f"{name}: corrupt pickle ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{name}: holds a {type(obj).__name__}, expected a CIFAR-10 batch dict")
+        raise DataError(f"{name}: holds a {type(obj).__name__}, expected {expected} (a dict)")
     return {
         k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v for k, v in obj.items()
     }
@@ -141,7 +140,7 @@ def _unpickle(data: bytes, name: str) -> dict:
 
 def parse_python(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One python-release batch (a pickled dict with 'data' (N, 3072) and 'labels')."""
-    batch = _unpickle(data, name)
+    batch = unpickle_plain(data, name)
     images, labels = batch.get("data"), batch.get("labels")
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2:
         raise DataError(f"{name}: 'data' is not a uint8 (N, 3072) array")
@@ -165,7 +164,7 @@ def _class_names(meta: bytes | None, fmt: str) -> list[str]:
     if fmt == "binary":
         names = [line.strip() for line in meta.decode("utf-8", "replace").splitlines()]
     else:
-        raw = _unpickle(meta, PYTHON_META).get("label_names", [])
+        raw = unpickle_plain(meta, PYTHON_META).get("label_names", [])
         if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw):
             raise DataError(f"{PYTHON_META}: 'label_names' is not a list of names")
         names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw]

@@ -18,19 +18,30 @@ from pathlib import Path
 import numpy as np
 
 from xpcnn.data.cifar10 import fetch_cifar10, read_cifar10, source_format
+from xpcnn.data.cifar100 import ARCHIVE as CIFAR100_ARCHIVE
+from xpcnn.data.cifar100 import fetch_cifar100, is_cifar100, read_cifar100
 from xpcnn.data.dataset import DataError, Dataset, data_home
 from xpcnn.data.images import read_image_tree, resize_images
 from xpcnn.data.limits import GB, Limits
+from xpcnn.data.mnist import RELEASES, fetch_idx, is_idx_folder, read_idx_folder
 from xpcnn.files import atomic_file, read_npz
 
 SPLITS = ("train", "test", "all")
 CACHE_VERSION = 1
 OFFICIAL = ("cifar10", "cifar-10")  # the names of the official download
+CIFAR100 = {"cifar100": "fine", "cifar-100": "fine", "cifar100-coarse": "coarse",
+            "cifar-100-coarse": "coarse"}  # fmt: skip
+DATASET_NAMES = (*OFFICIAL, *CIFAR100, *RELEASES)  # every name downloaded on first use
 
 
 def is_cifar10_name(source: str | os.PathLike) -> bool:
     """True when `source` names the official CIFAR-10 download rather than a path."""
     return str(source).lower() in OFFICIAL
+
+
+def is_dataset_name(source: str | os.PathLike) -> bool:
+    """True when `source` names an official download (cifar10, cifar100, mnist, ...), not a path."""
+    return str(source).lower() in DATASET_NAMES
 
 
 def load_dataset(
@@ -42,9 +53,12 @@ def load_dataset(
 ) -> Dataset:
     """Images (uint8, (N, C, H, W), host) and labels from `source`.
 
-    source: "cifar10" (downloaded once into the data home), a CIFAR-10 binary or python archive
-        or extracted folder, an image folder ROOT/<class>/*.png|jpg|jpeg|bmp, or such a folder
-        inside a .tar, .tar.gz, .tgz or .zip (possibly under one top folder).
+    source: "cifar10", "cifar100" (fine labels), "cifar100-coarse", "mnist" or "fashion-mnist"
+        (downloaded once into the data home); a CIFAR-10 binary or python archive or extracted
+        folder, a CIFAR-100 python archive or folder, a folder of MNIST-format IDX files (.gz or
+        not; Fashion-MNIST's class names when the path says 'fashion'), an image folder
+        ROOT/<class>/*.png|jpg|jpeg|bmp, or such a folder inside a .tar, .tar.gz, .tgz or .zip
+        (possibly under one top folder).
     split: "train", "test" or "all"; an image folder or archive has no official split, so every
         split is all of it (`Dataset.has_test` says which kind of source it was).
     size: height and width (an int for square) to resize every image to; None keeps the source's
@@ -62,24 +76,51 @@ def load_dataset(
         def read_split(s: str) -> Dataset:
             return _resized(read_cifar10(fetch_cifar10(home, progress), "binary", s), size)
 
-        return _cifar10(archive, split, size, home, read_split, cache=True)
+        return _official_splits(archive, split, size, home, read_split, cache=True)
+    name = str(source).lower()
+    if name in CIFAR100:
+        labels = CIFAR100[name]
+
+        def read_split(s: str) -> Dataset:
+            return _resized(read_cifar100(fetch_cifar100(home, progress), s, labels), size)
+
+        archive = home / CIFAR100_ARCHIVE
+        return _official_splits(archive, split, size, home, read_split, True, labels)
+    if name in RELEASES:  # no decoded cache: the IDX files decode as fast as a cache would
+        release = RELEASES[name]
+        folder = fetch_idx(release, home, progress)
+
+        def read_split(s: str) -> Dataset:
+            return _resized(read_idx_folder(folder, s, release.classes), size)
+
+        return _official_splits(folder, split, size, home, read_split, cache=False)
 
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(
-            f"{path}: no such file or folder (expected 'cifar10', an image folder or a "
-            ".tar/.tar.gz/.zip archive)"
+            f"{path}: no such file or folder (expected a dataset name such as 'cifar10' or "
+            "'mnist', an image folder or a .tar/.tar.gz/.zip archive)"
         )
     if not path.is_dir() and not path.is_file():  # a FIFO or a device would block or never end
         raise DataError(f"{path}: is not a regular file or folder (expected a folder or archive)")
-    fmt = source_format(path)
-    if fmt is None:  # an image tree: one split, all of it
+    read = _split_reader(path)
+    if read is None:  # an image tree: one split, all of it
         return _cached(path, "all", size, home, lambda: read_image_tree(path, size))
+    return _official_splits(
+        path, split, size, home, lambda s: _resized(read(s), size), cache=path.is_file()
+    )
 
-    def read_split(s: str) -> Dataset:
-        return _resized(read_cifar10(path, fmt, s), size)
 
-    return _cifar10(path, split, size, home, read_split, cache=path.is_file())
+def _split_reader(path: Path) -> Callable[[str], Dataset] | None:
+    """How to read one split of a local release (CIFAR-10, CIFAR-100, MNIST); None for others."""
+    fmt = source_format(path)
+    if fmt is not None:
+        return lambda s: read_cifar10(path, fmt, s)
+    if is_cifar100(path):
+        return lambda s: read_cifar100(path, s)
+    if is_idx_folder(path):
+        return lambda s: read_idx_folder(path, s)
+    return None
 
 
 def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -100,19 +141,22 @@ def _resized(dataset: Dataset, size: tuple[int, int] | None) -> Dataset:
     return dataset
 
 
-def _cifar10(
+def _official_splits(
     path: Path,
     split: str,
     size: tuple[int, int] | None,
     home: Path,
     read_split: Callable[[str], Dataset],
     cache: bool,
+    variant: str = "",
 ) -> Dataset:
-    """One split, or train then test for "all"; archives go through the decoded cache."""
+    """One split, or train then test for "all"; archives go through the decoded cache (`variant`,
+    e.g. CIFAR-100's label set, tells apart caches of one archive)."""
     parts = []
     for s in ("train", "test") if split == "all" else (split,):
+        key = f"{s}-{variant}" if variant else s
         parts.append(
-            _cached(path, s, size, home, lambda s=s: read_split(s)) if cache else read_split(s)
+            _cached(path, key, size, home, lambda s=s: read_split(s)) if cache else read_split(s)
         )
     if len(parts) == 1:
         return parts[0]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from xpcnn.data import is_cifar10_name
+from xpcnn.data import is_dataset_name
 from xpcnn.data.limits import Limits
 from xpcnn.models import LOOKAHEAD_MIN_STEPS, PRESETS, recipe
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
@@ -151,7 +151,7 @@ class TrainConfig:
 
 def _absolute(data: str) -> str:
     """A data path made absolute, so that evaluating and resuming find it from any folder."""
-    if isinstance(data, str) and not is_cifar10_name(data) and Path(data).exists():
+    if isinstance(data, str) and not is_dataset_name(data) and Path(data).exists():
         return str(Path(data).resolve())
     return data
 
