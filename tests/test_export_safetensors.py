@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from cli_harness import CLASSES, write_folder, xpcnn
 
-from xpcnn.backend import manual_seed, to_numpy
+from xpcnn.backend import asarray, manual_seed, to_numpy
 from xpcnn.checkpoint import CheckpointError
 from xpcnn.export import load_weights, to_safetensors
 from xpcnn.models import build_model
@@ -43,7 +43,7 @@ def test_file_reads_back_with_its_state_and_metadata(tmp_path):
     assert (weights.preset, weights.model_args, weights.classes) == ("seed", ARGS, META["classes"])
     assert (weights.mean, weights.std) == ([0.13], [0.31])
     np.testing.assert_array_equal(
-        predict(weights.build_model(), [images()]), predict(model, [images()])
+        predict(weights.build_model(), [asarray(images())]), predict(model, [asarray(images())])
     )
 
 
@@ -60,7 +60,7 @@ def test_pytorch_loads_it_into_the_twin_and_predicts_the_same(tmp_path, preset):
     twin.load_state_dict(load_file(tmp_path / "w.safetensors"))
     with torch.no_grad():
         ours = torch.softmax(twin(torch.from_numpy(images())), dim=1).numpy()
-    np.testing.assert_allclose(ours, predict(model, [images()]), atol=1e-5)
+    np.testing.assert_allclose(ours, predict(model, [asarray(images())]), atol=1e-5)
 
 
 def test_metadata_is_strings_a_pytorch_reader_sees(tmp_path):
