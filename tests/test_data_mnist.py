@@ -62,6 +62,25 @@ def test_a_fashion_folder_gets_fashion_class_names(tmp_path):
     assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot"
 
 
+@pytest.mark.parametrize("split", ["train", "all"])
+def test_digits_are_not_mirrored_clothes_are(tmp_path, split):
+    write_idx_folder(tmp_path / "digits")
+    write_idx_folder(tmp_path / "fashion-mnist")
+    assert load_dataset(tmp_path / "digits", split=split).mirrored is False
+    assert load_dataset(tmp_path / "fashion-mnist", split=split).mirrored is True
+
+
+def test_training_on_digits_crops_but_never_flips(tmp_path):
+    from xpcnn.runs.training import prepare
+
+    write_idx_folder(tmp_path / "digits", train=(0, 40))
+    lines = []
+    start = prepare({"data": str(tmp_path / "digits"), "model": "seed"}, None, lines.append)
+    augment = start.train_batches.augment
+    assert augment.crop_padding == 4 and augment.flip is False
+    assert "not mirror images of their class: no flips in augmentation or TTA" in "\n".join(lines)
+
+
 def replace_file(folder, stem, data):
     (folder / (stem + ".gz")).write_bytes(gzip.compress(data))
 

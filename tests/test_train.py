@@ -154,6 +154,22 @@ def test_predict_returns_probabilities_in_order_and_tta_averages_six_views():
     assert np.allclose(with_tta, expected, atol=1e-6)
 
 
+def test_tta_without_mirror_averages_the_three_unmirrored_views():
+    xpcnn.manual_seed(0)
+    images, labels = synthetic(n=20, size=8)
+    model = build_model("seed", image_size=8)
+    batches = Batches(images, labels, 8, shuffle=False)
+    shifts_only = predict(model, batches, tta=True, mirror=False)
+    assert not np.allclose(shifts_only, predict(model, batches, tta=True))
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    views = [(images, 0.5), (padded[:, :, 2:, 2:], 0.25), (padded[:, :, :-2, :-2], 0.25)]
+    expected = sum(
+        weight * predict(model, Batches(np.ascontiguousarray(view), labels, 8, shuffle=False))
+        for view, weight in views
+    )
+    assert np.allclose(shifts_only, expected, atol=1e-6)
+
+
 def test_tta_loss_stays_finite_for_confident_models():
     xpcnn.manual_seed(0)
     images, labels = synthetic(n=16, size=8)

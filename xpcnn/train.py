@@ -282,17 +282,19 @@ def _stop_if_asked(callbacks: Sequence[Callback], epoch: int) -> None:
         raise Interrupted(epoch + 1)
 
 
-def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
+def _log_probabilities(model: Any, x: Any, tta: bool, mirror: bool = True) -> Any:
     """log p(class | x); with `tta`, of the average over six views (airbench's multi-crop TTA):
     the image and its mirror image (weight 1/4 each), and both of those shifted one pixel
-    up-left and down-right with reflected borders (1/8 each)."""
+    up-left and down-right with reflected borders (1/8 each). Without `mirror` (images whose
+    mirror image is not of their class: digits), the three unmirrored views (1/2, 1/4, 1/4)."""
     if not tta:
         return log_softmax(model(x))
     xp = namespace(x)
-    views = [(x, 0.25)] + [(translate(x, step), 0.125) for step in (-1, 1)]
+    halves = 2 if mirror else 1
+    views = [(x, 0.5 / halves)] + [(translate(x, step), 0.25 / halves) for step in (-1, 1)]
     parts = []
     for view, weight in views:
-        for image in (view, xp.flip(view, axis=3)):
+        for image in (view, xp.flip(view, axis=3))[:halves]:
             parts.append(log_softmax(model(image)) + math.log(weight))
     total = parts[0]
     for part in parts[1:]:  # Σ weight·p in log space
@@ -302,7 +304,7 @@ def _log_probabilities(model: Any, x: Any, tta: bool) -> Any:
 
 def evaluate(
     model: Any, batches: Any, tta: bool = False, comm: Any = None,
-    check: Callable[[], None] | None = None, predictions: bool = False,
+    check: Callable[[], None] | None = None, predictions: bool = False, mirror: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Mean cross-entropy and accuracy over every batch of epoch 0 (evaluation mode); with a
     communicator, over every rank's batches (each rank holds its own share), counted exactly.
@@ -310,7 +312,7 @@ def evaluate(
     (`runs.scoring.score`, which asks for `predictions`: this process's predicted classes, in
     order, on the host). `check` runs before each batch of one process and may raise to abandon
     the evaluation (a stop request); with several ranks it does not run, as every rank must
-    reach the final sum."""
+    reach the final sum. `mirror`: TTA's views include mirror images (`Dataset.mirrored`)."""
     model.eval()
     alone = comm is None or comm.size == 1
     loss_sum, correct, count, predicted = 0.0, 0, 0, []
@@ -318,7 +320,7 @@ def evaluate(
         if check is not None and alone:
             check()
         xp = namespace(x)
-        log_p = _log_probabilities(model, x, tta)
+        log_p = _log_probabilities(model, x, tta, mirror)
         classes = xp.argmax(log_p, axis=1)
         if predictions:
             predicted.append(to_numpy(classes))
@@ -334,13 +336,17 @@ def evaluate(
     return scores
 
 
-def predict(model: Any, batches: Iterable[Any] | Any, tta: bool = False) -> np.ndarray:
-    """Class probabilities (N, K) on the host, in the order of the batches."""
+def predict(
+    model: Any, batches: Iterable[Any] | Any, tta: bool = False, mirror: bool = True
+) -> np.ndarray:
+    """Class probabilities (N, K) on the host, in the order of the batches (`evaluate`'s `tta`
+    and `mirror`)."""
     model.eval()
     source = batches.epoch(0) if hasattr(batches, "epoch") else batches
     chunks = []
     for item in source:
         x = item[0] if isinstance(item, tuple) else item
-        chunks.append(to_numpy(namespace(x).exp(_log_probabilities(model, x, tta))))
+        log_p = _log_probabilities(model, x, tta, mirror)
+        chunks.append(to_numpy(namespace(x).exp(log_p)))
     model.train()
     return np.concatenate(chunks, axis=0)

@@ -19,7 +19,9 @@ class Dataset:
 
     images: uint8 (N, C, H, W);  labels: int64 (N,), label i names `classes[i]`;
     has_test: the source has an official test split (CIFAR-10 does, an image folder does not);
-    notes: what loading did that a person may want to know (resized images, cache use).
+    notes: what loading did that a person may want to know (resized images, cache use);
+    mirrored: an image's mirror image shows the same class (photographs, clothes), so training may
+    flip images and TTA may average in the mirror view; False for handwriting (MNIST's digits).
     """
 
     images: np.ndarray
@@ -28,6 +30,7 @@ class Dataset:
     has_test: bool = False
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    mirrored: bool = True
 
     def __len__(self) -> int:
         return len(self.labels)

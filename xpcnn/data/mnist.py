@@ -29,13 +29,15 @@ FILES = {
 
 @dataclass(frozen=True)
 class IdxRelease:
-    """One official release: where it is served, the MD5 of each .gz file, its class names."""
+    """One official release: where it is served, the MD5 of each .gz file, its class names, and
+    whether a mirror image shows the same class (`Dataset.mirrored`: clothes do, digits do not)."""
 
     name: str
     url: str
     url_variable: str
     md5: dict[str, str]
     classes: tuple[str, ...]
+    mirrored: bool
 
 
 # The MD5s of the official .gz files, as torchvision's datasets/mnist.py lists them.
@@ -50,6 +52,7 @@ MNIST = IdxRelease(
         "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
     },
     tuple(str(d) for d in range(10)),
+    mirrored=False,  # a mirrored 3 is no digit, a mirrored 2 or 5 almost another
 )
 FASHION_MNIST = IdxRelease(
     "fashion-mnist",
@@ -63,6 +66,7 @@ FASHION_MNIST = IdxRelease(
     },
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    mirrored=True,
 )  # fmt: skip
 RELEASES = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST, "fashion_mnist": FASHION_MNIST}
 
@@ -87,15 +91,15 @@ def is_idx_folder(path: Path) -> bool:
     return path.is_dir() and any(_find(path, images) for images, _ in FILES.values())
 
 
-def read_idx_folder(path: Path, split: str, classes: tuple[str, ...] | None = None) -> Dataset:
+def read_idx_folder(path: Path, split: str, release: IdxRelease | None = None) -> Dataset:
     """One split ('train' or 'test') of a folder of MNIST-format files (.gz or not).
 
-    classes: the class names; None takes Fashion-MNIST's when the folder's name says 'fashion',
-        else the digits.
+    release: whose class names (and `mirrored`); None takes Fashion-MNIST's when the folder's
+        name says 'fashion', else MNIST's digits.
     """
-    if classes is None:
-        fashion = "fashion" in str(path).lower()
-        classes = FASHION_MNIST.classes if fashion else MNIST.classes
+    if release is None:
+        release = FASHION_MNIST if "fashion" in str(path).lower() else MNIST
+    classes = release.classes
     files = [_find(path, stem) for stem in FILES[split]]
     for stem, file in zip(FILES[split], files, strict=True):
         if file is None:
@@ -106,7 +110,8 @@ def read_idx_folder(path: Path, split: str, classes: tuple[str, ...] | None = No
         raise DataError(f"{files[1]}: {len(labels)} labels for {len(images)} images in {files[0]}")
     if labels.size and labels.max() >= len(classes):
         raise DataError(f"{files[1]}: label {labels.max()}, expected 0 to {len(classes) - 1}")
-    return Dataset(images[:, None], labels.astype(np.int64), list(classes), True, str(path))
+    images, labels = images[:, None], labels.astype(np.int64)
+    return Dataset(images, labels, list(classes), True, str(path), mirrored=release.mirrored)
 
 
 def _find(folder: Path, stem: str) -> Path | None:

@@ -91,7 +91,7 @@ def load_dataset(
         folder = fetch_idx(release, home, progress)
 
         def read_split(s: str) -> Dataset:
-            return _resized(read_idx_folder(folder, s, release.classes), size)
+            return _resized(read_idx_folder(folder, s, release), size)
 
         return _official_splits(folder, split, size, home, read_split, cache=False)
 
@@ -168,6 +168,7 @@ def _official_splits(
         has_test=True,
         source=train.source,
         notes=train.notes + test.notes,
+        mirrored=train.mirrored,
     )
 
 

@@ -42,7 +42,8 @@ def score(
     on a labelled dataset."""
     if len(dataset) == 0:
         raise ScoringError("data", dataset.source, "has no images to score")
-    scores = evaluate(model, eval_batches(dataset, mean, std, batch_size), tta, predictions=True)
+    batches = eval_batches(dataset, mean, std, batch_size)
+    scores = evaluate(model, batches, tta, predictions=True, mirror=dataset.mirrored)
     labels, predicted = np.asarray(dataset.labels, dtype=np.int64), scores["predicted"]
     k = max(len(dataset.classes), int(predicted.max()) + 1, int(labels.max()) + 1)
     confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)

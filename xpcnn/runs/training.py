@@ -184,6 +184,9 @@ def prepare(
     ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
     log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
         f"backend {backend_name()}{ranks}")  # fmt: skip
+    if not dataset.mirrored and (config.augment or config.tta):
+        log(f"data: {config.data}'s images are not mirror images of their class: no flips in "
+            "augmentation or TTA")  # fmt: skip
     if optimizer.lookahead is not None:
         log(f"lookahead: weights synced with their slow average every "
             f"{optimizer.lookahead.every} steps of {optimizer.lookahead.total_steps}")  # fmt: skip
@@ -213,11 +216,14 @@ def _train_batches(
 ) -> Batches:
     """This rank's training batches, normalised and augmented as the preset says."""
     preset = PRESETS[config.model]
+    augment = preset.augmentation if config.augment else None
+    if augment is not None and not train_set.mirrored:  # digits: crops only
+        augment = replace(augment, flip=False)
     return Batches(
         train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
         mean=np.asarray(record.mean, np.float32), std=np.asarray(record.std, np.float32),
-        augment=preset.augmentation if config.augment else None, shard=(comm.rank, comm.size),
-        alternate_flip=config.augment and preset.alternate_flip,
+        augment=augment, shard=(comm.rank, comm.size),
+        alternate_flip=config.augment and preset.alternate_flip and train_set.mirrored,
         drop_last=preset.drop_last and len(train_set) >= config.batch_size,
     )  # fmt: skip
 
