@@ -1,37 +1,20 @@
-"""The `xpcnn` command (also `python -m xpcnn`): parses, calls the library, prints; the only
-module that knows flag names, turning library errors into one line and an exit code.
-
-Exit codes: 0 success, 1 training diverged (NaN/Inf loss), 2 bad input (one line on stderr;
-`--debug` shows the traceback), 130 interrupted by Ctrl-C, 143 by SIGTERM (128 + the signal).
-"""
+"""The `xpcnn` command's parser: every command, its flags, their types and help; defaults that
+are a recipe's stay absent, so the recipe (or `--resume`) decides."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import signal
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 from xpcnn import __version__
-from xpcnn.backend import BackendError
-from xpcnn.checkpoint import CheckpointError
-from xpcnn.data import DataError
-from xpcnn.distributed import abort_job, communicator, launched_rank
-from xpcnn.export import DEFAULT_OPSET, MIN_OPSET, ExportError
+from xpcnn.cli import commands
+from xpcnn.distributed import launched_rank
+from xpcnn.export import DEFAULT_OPSET, MIN_OPSET
 from xpcnn.info import cpu_count
 from xpcnn.models import PRESETS
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
-from xpcnn.runs.config import ConfigError, ResumeMismatch, TrainConfig
-from xpcnn.runs.folder import RunFolderError, RunFolderNotEmpty
-from xpcnn.runs.scoring import EVAL_BATCH, ScoringError
-
-BAD_INPUT = (
-    BackendError, CheckpointError, ConfigError, DataError, ExportError, RunFolderError,
-    ScoringError, OSError,
-)  # fmt: skip
+from xpcnn.runs.config import TrainConfig
+from xpcnn.runs.scoring import EVAL_BATCH
 
 
 class Parser(argparse.ArgumentParser):
@@ -161,20 +144,20 @@ def build_parser() -> Parser:
     """The argument parser of every command."""
     parser = Parser(prog="xpcnn", description="Train and use CNNs written on the Python array API.")
     parser.add_argument("--version", action="version", version=f"xpcnn {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     debug = Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
     def add(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[debug], help=text)
+        sub = subparsers.add_parser(name, parents=[debug], help=text)
         sub.set_defaults(parser=sub, handler=handler)
         return sub
 
-    add("info", _info, "backend, device, versions, BLAS")
-    add("models", _models, "the presets: parameters, MFLOP per image, training recipe")
-    _add_train_arguments(add("train", _train, "train a model, save a run folder"))
+    add("info", commands.info, "backend, device, versions, BLAS")
+    add("models", commands.models, "the presets: parameters, MFLOP per image, training recipe")
+    _add_train_arguments(add("train", commands.train, "train a model, save a run folder"))
 
-    evaluate = add("eval", _eval, "score a checkpoint")
+    evaluate = add("eval", commands.eval, "score a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, metavar="FILE")
     evaluate.add_argument(
         "--data",
@@ -199,7 +182,7 @@ def build_parser() -> Parser:
         "--out", metavar="DIR", help="folder for confusion.png (default: the checkpoint's folder)"
     )
 
-    predict = add("predict", _predict, "classify image files")
+    predict = add("predict", commands.predict, "classify image files")
     predict.add_argument("--checkpoint", required=True, metavar="FILE")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument(
@@ -211,10 +194,10 @@ def build_parser() -> Parser:
         help="average six views: mirror image, 1-pixel shifts (default: the run's recipe)",
     )
 
-    _add_bench_arguments(add("bench", _bench, "time training steps against PyTorch"))
+    _add_bench_arguments(add("bench", commands.bench, "time training steps against PyTorch"))
 
     # fmt: off
-    export = add("export", _export, "write a checkpoint as an ONNX model (uint8 images in, "
+    export = add("export", commands.export, "write a checkpoint as an ONNX model (uint8 images in, "
                  "probabilities out) or as safetensors weights (PyTorch's keys)")
     export.add_argument("--checkpoint", required=True, metavar="FILE")
     out = export.add_mutually_exclusive_group(required=True)
@@ -226,175 +209,3 @@ def build_parser() -> Parser:
                         help=f"ONNX opset (default: {DEFAULT_OPSET}; from 20 GELU is one operator)")
     # fmt: on
     return parser
-
-
-def _info(args: argparse.Namespace) -> int:
-    from xpcnn.info import system_info
-
-    info = system_info()
-    width = max(map(len, info))
-    for key, value in info.items():
-        print(f"{key:<{width}}  {value}")
-    return 0
-
-
-def _models(args: argparse.Namespace) -> int:
-    from xpcnn.backend import manual_seed
-    from xpcnn.models import build_model
-
-    for name, preset in PRESETS.items():
-        manual_seed(0)
-        summary = build_model(name).summary((3, 32, 32))
-        print(f"{name}: {preset.description}")
-        print(f"  {summary.parameters:,} parameters, {summary.flops / 1e6:.1f} MFLOP per "
-              "32x32 image (forward)")  # fmt: skip
-        config = TrainConfig.resolve({"model": name})
-        print(f"  recipe: {config.describe()}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from xpcnn.callbacks import ProgressBar
-    from xpcnn.runs import TrainingInterrupted, train
-    from xpcnn.train import TrainingDiverged
-
-    options = {name: getattr(args, name) for name in TrainConfig.names() if name in args}
-    comm = communicator()
-    if comm.note and comm.is_root:
-        print(f"xpcnn: note: {comm.note}", file=sys.stderr)
-    bar = ProgressBar(file=sys.stderr)
-    try:
-        train(options, args.out, resume=args.resume, force=args.force, comm=comm,
-              log=lambda line: print(line, flush=True), callbacks=[bar])  # fmt: skip
-    except TrainingDiverged as err:
-        bar.close()  # the half-drawn bar, before the message
-        if comm.is_root:  # every rank stops at the same step: one says why
-            print(f"xpcnn: error: {err} (try a smaller --lr)", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as stop:
-        bar.close()
-        code = 128 + (stop.signum or signal.SIGINT)  # as the shell reports a signal: 130, 143
-        if not comm.is_root:
-            return code
-        print(f"\nxpcnn: {stop}", file=sys.stderr)
-        command = ["xpcnn", "train", "--data", stop.config.data, "--out", str(stop.out)]
-        print(f"{stop.out}/checkpoint.npz holds epoch {stop.saved_epoch}/{stop.config.epochs}; "
-              f"continue with: {shlex.join(command)} --resume" if stop.saved_epoch
-              else "no epoch finished, nothing was saved", file=sys.stderr)  # fmt: skip
-        return code
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from xpcnn.runs import evaluate_checkpoint
-
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = evaluate_checkpoint(
-        args.checkpoint, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
-        out=args.out, log=log,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps({key: result[key] for key in ("accuracy", "n", "per_class")}))
-        return 0
-    what = "all of it" if result["split"] == "all" else f"its {result['split']} split"
-    print(
-        f"{args.checkpoint} on {result['data']}, {what}{' with TTA' if result['tta'] else ''}: "
-        f"{result['n']} images"
-    )
-    print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
-    width = max(map(len, result["per_class"]), default=0)
-    for name, accuracy in result["per_class"].items():
-        print(f"  {name:<{width}}  {accuracy:.4f}")
-    if "confusion_png" in result:
-        print(f"confusion matrix: {result['confusion_png']}")
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from xpcnn.runs import predict_images
-
-    for name, top in predict_images(args.checkpoint, args.images, top=args.top, tta=args.tta):
-        print(f"{name}: " + "  ".join(f"{label} {p:.3f}" for label, p in top))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    import xpcnn.bench
-
-    return xpcnn.bench.run(args)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from xpcnn.export import describe, export_checkpoint, export_safetensors
-
-    if args.safetensors:
-        print(f"{args.safetensors}: {export_safetensors(args.checkpoint, args.safetensors)}")
-        return 0
-    model = export_checkpoint(args.checkpoint, args.onnx, opset=args.opset)
-    print(f"{args.onnx}: {describe(model)}")
-    return 0
-
-
-def _flag(field: str, value: Any = None) -> str:
-    """A setting as the person typed it: `--weight-decay 0.1`, `--no-augment`."""
-    name = "--" + field.replace("_", "-")
-    if isinstance(value, bool):
-        return name if value else f"--no-{name[2:]}"
-    return name if value is None else f"{name} {value}"
-
-
-def _message(err: BaseException, command: str | None) -> str:
-    """One line naming the flag or file and what was expected."""
-    if isinstance(err, ResumeMismatch):
-        return (f"--resume: {_flag(err.field, err.value)} differs from the run's "
-                f"{err.stored} ({err.path}); resume with the run's own settings or start a "
-                "new --out")  # fmt: skip
-    if isinstance(err, ConfigError):
-        return f"{_flag(err.field, err.value)}: {err.expected}"
-    if isinstance(err, RunFolderNotEmpty):
-        return (f"--out: {str(err.path)!r} already exists and is not empty; pass --resume to "
-                "continue its run or --force to overwrite it")  # fmt: skip
-    if isinstance(err, RunFolderError):
-        return f"--out: {err}"
-    if isinstance(err, CheckpointError):
-        return f"{'--resume' if command == 'train' else '--checkpoint'}: {err}"
-    if isinstance(err, DataError):
-        return f"{'IMAGE' if command == 'predict' else '--data'}: {err}"
-    if isinstance(err, ExportError):
-        return f"{_flag(err.what)}: {err.expected}" if isinstance(err.what, str) else str(err)
-    if isinstance(err, ScoringError):
-        return f"{_flag(err.what, err.value)}: {err.expected}"
-    if isinstance(err, OSError) and err.filename is not None:
-        return f"{err.filename}: {err.strerror or err}"
-    return str(err)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # reported by the command's own parser, so the hint names its --help
-        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    if not hasattr(args, "handler"):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print("\nxpcnn: interrupted", file=sys.stderr)
-        return 130
-    except BAD_INPUT as err:
-        if args.debug:
-            raise
-        rank = launched_rank()
-        where = f"rank {rank}: " if rank else ""
-        print(f"xpcnn: error: {where}{_message(err, args.command)}", file=sys.stderr, flush=True)
-        abort_job(2)  # under mpiexec: the other ranks would wait for this one forever
-        return 2
-    except MemoryError:
-        if args.debug:
-            raise
-        print("xpcnn: error: out of memory: the input asks for more than this machine has "
-              "(lower --batch-size or --image-size, or the XPCNN_MAX_FILE_MB, XPCNN_MAX_IMAGE_MP "
-              "and XPCNN_MAX_DATA_GB budgets)", file=sys.stderr)  # fmt: skip
-        return 2
