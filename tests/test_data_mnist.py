@@ -78,7 +78,9 @@ def test_training_on_digits_crops_but_never_flips(tmp_path):
     start = prepare({"data": str(tmp_path / "digits"), "model": "seed"}, None, lines.append)
     augment = start.train_batches.augment
     assert augment.crop_padding == 4 and augment.flip is False
-    assert "not mirror images of their class: no flips in augmentation or TTA" in "\n".join(lines)
+    log = "\n".join(lines)
+    assert "not mirror images of their class: no flips in augmentation or TTA" in log
+    assert "augment crop 4; backend" in log  # the recipe line promises no flip
 
 
 def replace_file(folder, stem, data):

@@ -115,7 +115,7 @@ def test_record_round_trips_through_json():
                                 "seconds": 1.0, "images_per_s": 16.0, "val_loss": 0.9,
                                 "val_acc": 0.75})  # fmt: skip
     assert RunRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
-    assert rec.to_json()["schema"] == 3 and rec.best == (1, 0.75)
+    assert rec.to_json()["schema"] == 4 and rec.best == (1, 0.75)
 
 
 def test_best_follows_the_highest_validation_accuracy():
@@ -146,7 +146,16 @@ def test_a_version_1_record_migrates():
     migrated = RunRecord.from_json(V1_META, "v1.npz")
     assert migrated.config.tta is False and migrated.epoch == 2 and migrated.best == (1, 1.0)
     assert migrated.classes == ("blue", "red") and migrated.image_size == 8
-    assert migrated.to_json()["schema"] == 3
+    assert migrated.to_json()["schema"] == 4 and migrated.config.init is None
+
+
+def test_a_schema_3_record_started_from_no_weights():
+    meta = json.loads(json.dumps(V1_META))
+    meta.update(schema=3, config={"tta": False, **meta["config"]})
+    assert RunRecord.from_json(meta, "v3.npz").config.init is None
+    meta["schema"] = 4  # a current record must say where its weights came from
+    with pytest.raises(RecordError, match=r"missing \['init'\]"):
+        RunRecord.from_json(meta, "v4.npz")
 
 
 def test_a_schema_2_fast_run_names_the_network_it_was_trained_as_fast_v1():
@@ -155,7 +164,7 @@ def test_a_schema_2_fast_run_names_the_network_it_was_trained_as_fast_v1():
     meta["config"] = {"tta": True, **meta["config"], "model": "fast"}
     migrated = RunRecord.from_json(meta, "v2.npz")
     assert migrated.model == migrated.config.model == "fast-v1"
-    assert migrated.to_json()["schema"] == 3
+    assert migrated.to_json()["schema"] == 4
     stored = migrated.to_json()
     stored |= {"model": {"name": "fast", "kwargs": dict(migrated.model_args)},
                "config": {**stored["config"], "model": "fast"}}  # fmt: skip
@@ -202,7 +211,7 @@ def _broken(path: str, value):
         ("best", [9, 1.0], "best"),
         ("best", "yes", "best"),
         ("train_size", 0, "train_size"),
-        ("schema", 4, "schema"),
+        ("schema", 5, "schema"),
     ],
 )
 def test_a_bad_field_is_one_error_naming_the_file_and_field(path, value, field):

@@ -64,6 +64,9 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
                f"{TrainConfig.seed})"),
     "--limit": (_positive_int, "N", "train on a seeded, stratified subset of N training images"),
     "--image-size": (_positive_int, "N", "resize images to N x N (default: their own size)"),
+    "--init": (str, "FILE", "start from these weights instead of the preset's initialisation: "
+               "a .safetensors file (xpcnn export --safetensors, or a PyTorch state dict with the "
+               "preset's keys) or a run's checkpoint.npz"),
 }  # fmt: skip
 
 

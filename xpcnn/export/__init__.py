@@ -6,6 +6,7 @@ the state dict with PyTorch's keys and layouts, for PyTorch (the twin) and back.
     export_checkpoint(checkpoint_path, path)      the model, statistics and classes of a run
     to_safetensors(model, path, preset=..., ...), export_safetensors(checkpoint_path, path)
     load_weights(path)                            a .safetensors file's state dict and metadata
+    read_safetensors(path)                        any .safetensors file's tensors and metadata
 
 Needs the `onnx` package (`pip install 'xpcnn[onnx]'`), imported only when a graph is built, or
 `safetensors` (`pip install 'xpcnn[safetensors]'`), imported when a file is written or read.
@@ -20,7 +21,13 @@ from xpcnn.export.onnx import (
     onnx_model,
     to_onnx,
 )
-from xpcnn.export.weights import Weights, export_safetensors, load_weights, to_safetensors
+from xpcnn.export.weights import (
+    Weights,
+    export_safetensors,
+    load_weights,
+    read_safetensors,
+    to_safetensors,
+)
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -32,6 +39,7 @@ __all__ = [
     "export_safetensors",
     "load_weights",
     "onnx_model",
+    "read_safetensors",
     "to_onnx",
     "to_safetensors",
 ]

@@ -110,8 +110,9 @@ def export_safetensors(checkpoint_path: str | os.PathLike, path: str | os.PathLi
     return f"{record.model}, {len(state)} tensors ({count:,} values), {len(record.classes)} classes"
 
 
-def load_weights(path: str | os.PathLike) -> Weights:
-    """The state dict and metadata of a .safetensors file that `to_safetensors` wrote."""
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and the metadata strings of any .safetensors file (PyTorch's `save_file`
+    writes no metadata of xpcnn's: `load_weights` refuses such a file, a run's `init` takes it)."""
     safetensors = _import_safetensors()
     try:
         with safetensors.safe_open(str(path), framework="numpy") as f:
@@ -119,6 +120,12 @@ def load_weights(path: str | os.PathLike) -> Weights:
             state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     except (OSError, safetensors.SafetensorError) as err:
         raise CheckpointError(path, f"not a readable safetensors file ({err})") from None
+    return state, metadata
+
+
+def load_weights(path: str | os.PathLike) -> Weights:
+    """The state dict and metadata of a .safetensors file that `to_safetensors` wrote."""
+    state, metadata = read_safetensors(path)
     missing = [field for field in FIELDS if field not in metadata]
     if missing:
         raise CheckpointError(path, "missing from its metadata (not written by xpcnn)", missing[0])

@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 42
     limit: int | None = None  # train on a stratified subset of this many training images
     image_size: int | None = None  # None: the images' own (square) size
+    init: str | None = None  # start from these weights (.safetensors, checkpoint .npz): a path
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> TrainConfig:
@@ -75,7 +76,7 @@ class TrainConfig:
         if "nesterov" not in options:
             settings["nesterov"] = bool(settings["nesterov"]) and settings["momentum"] > 0
         config = cls(**{k: v for k, v in settings.items() if k in cls.names()})
-        config = replace(config, data=_absolute(config.data))
+        config = replace(config, data=_absolute(config.data), init=_absolute_file(config.init))
         config.validate()
         return config
 
@@ -113,11 +114,14 @@ class TrainConfig:
                    f"at least {smallest} for the {self.model} preset")  # fmt: skip
             problem = Limits.from_env().image_problem(self.image_size, self.image_size)
             _check(self, "image_size", problem is None, str(problem))
+        _check(self, "init", self.init is None or (isinstance(self.init, str) and self.init != ""),
+               "a .safetensors or checkpoint .npz file")  # fmt: skip
 
     def resumed(self, options: dict[str, Any], finished: int, path: Path) -> TrainConfig:
         """This stored config with the caller's `options` for a resumed run: only `epochs` (not
         below the `finished` epochs) and `data` may differ from the stored settings."""
         for name, value in options.items():
+            value = _absolute_file(value) if name == "init" else value
             if name not in RESUMABLE and value != getattr(self, name):
                 raise ResumeMismatch(name, value, getattr(self, name), path)
         epochs = options.get("epochs", self.epochs)
@@ -128,8 +132,8 @@ class TrainConfig:
         config.validate()
         return config
 
-    def describe(self) -> str:
-        """The resolved recipe in one line."""
+    def describe(self, mirrored: bool = True) -> str:
+        """The resolved recipe in one line (for data whose images are `mirrored` or not)."""
         parts = [f"{self.optimizer} lr {self.lr:g} ({self.schedule})"]
         if self.optimizer == "sgd" and self.momentum:
             parts.append(f"{'nesterov ' if self.nesterov else ''}momentum {self.momentum:g}")
@@ -137,8 +141,10 @@ class TrainConfig:
         parts.append(f"batch {self.batch_size}, {self.epochs} epoch{'s' * (self.epochs != 1)}")
         preset = PRESETS[self.model]
         flip = "alternating flip" if preset.alternate_flip else "flip"
+        flips = preset.alternate_flip or preset.augmentation.flip
+        flip = f" + {flip}" if mirrored and flips else ""
         crop = preset.augmentation.crop_padding
-        parts.append(f"augment crop {crop} + {flip}" if self.augment else "no augmentation")
+        parts.append(f"augment crop {crop}{flip}" if self.augment else "no augmentation")
         if preset.lookahead:
             parts.append(f"lookahead every {preset.lookahead} steps (runs of "
                          f"{LOOKAHEAD_MIN_STEPS}+ steps)")  # fmt: skip
@@ -146,6 +152,8 @@ class TrainConfig:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.tta:
             parts.append("TTA at evaluation")
+        if self.init:
+            parts.append(f"starting from {self.init}")
         return ", ".join(parts)
 
 
@@ -154,6 +162,13 @@ def _absolute(data: str) -> str:
     if isinstance(data, str) and not is_dataset_name(data) and Path(data).exists():
         return str(Path(data).resolve())
     return data
+
+
+def _absolute_file(path: str | None) -> str | None:
+    """A file named from any folder: absolute when it exists (else as given, to be reported)."""
+    if isinstance(path, str) and path and Path(path).exists():
+        return str(Path(path).resolve())
+    return path
 
 
 def _int(value: Any) -> bool:

@@ -16,8 +16,8 @@ from xpcnn.models import PRESETS, build_model
 from xpcnn.runs.config import ConfigError, TrainConfig
 
 # 1: before `schema` and the `tta` setting (xpcnn 0.1.0 as first released); 2: before the
-# airbench `fast` preset (its runs name the network now called `fast-v1`)
-SCHEMA = 3
+# airbench `fast` preset (its runs name the network now called `fast-v1`); 3: before `init`
+SCHEMA = 4
 MODEL_ARGS = ("num_classes", "in_channels", "image_size")
 HISTORY_NUMBERS = ("train_loss", "train_acc", "lr", "seconds", "images_per_s")
 
@@ -172,6 +172,8 @@ def _migrate(meta: dict[str, Any], check: _Checker) -> dict[str, Any]:
         check.fail("schema", f"expected a schema from 1 to {SCHEMA} (a newer xpcnn wrote it?)")
     if schema == 1 and isinstance(meta.get("config"), dict):
         meta["config"] = {"tta": False, **meta["config"]}
+    if schema <= 3 and isinstance(meta.get("config"), dict):
+        meta["config"] = {"init": None, **meta["config"]}
     if schema <= 2:
         for holder, key in ((meta.get("config"), "model"), (meta.get("model"), "name")):
             if isinstance(holder, dict) and holder.get(key) == "fast":

@@ -24,14 +24,14 @@ from xpcnn.callbacks import (
     StopOnSignal,
     TerminateOnNaN,
 )
-from xpcnn.checkpoint import Checkpoint
+from xpcnn.checkpoint import Checkpoint, CheckpointError
 from xpcnn.data import Batches, Dataset, channel_stats, load_dataset, train_val_indices
 from xpcnn.distributed import Communicator
 from xpcnn.models import INIT_IMAGES, LOOKAHEAD_MIN_STEPS, PRESETS, build_model
 from xpcnn.optim import OPTIMIZERS, Lookahead, make_schedule
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
-from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
+from xpcnn.runs.record import RunRecord, load_run, restore_model, restore_optimizer
 from xpcnn.runs.scoring import eval_batches, score
 from xpcnn.train import Callback, Interrupted, TrainingDiverged, fit
 
@@ -167,7 +167,10 @@ def prepare(
             backend=backend_name(),
         )  # fmt: skip
         model = build_model(record.model, **record.model_args)
-        _init_from_data(model, config, train_set, mean, std)
+        if config.init is None:
+            _init_from_data(model, config, train_set, mean, std)
+        else:
+            _load_init(model, config)
     else:
         checkpoint, stored = resumed
         record = replace(stored, config=config)
@@ -182,7 +185,8 @@ def prepare(
         f"classes; train {len(train_set)}, validation {len(val_set)}"
     )
     ranks = f"; {comm.size} ranks" if comm.size > 1 else ""
-    log(f"model: {config.model}, {model.num_parameters():,} parameters; {config.describe()}; "
+    recipe = config.describe(dataset.mirrored)
+    log(f"model: {config.model}, {model.num_parameters():,} parameters; {recipe}; "
         f"backend {backend_name()}{ranks}")  # fmt: skip
     if not dataset.mirrored and (config.augment or config.tta):
         log(f"data: {config.data}'s images are not mirror images of their class: no flips in "
@@ -209,6 +213,33 @@ def _init_from_data(
     sample = train_set.subset(np.arange(0, len(train_set), step)[:INIT_IMAGES])
     x, _ = next(eval_batches(sample, mean, std, batch_size=len(sample)).epoch(0))
     init(model, x)
+
+
+def _load_init(model: Any, config: TrainConfig) -> None:
+    """Start from `config.init`'s weights: a .safetensors file (xpcnn's export, or a PyTorch
+    state dict with the preset's keys, as `safetensors.torch.save_file` writes it) or a run's
+    checkpoint .npz. Keys and shapes must be the network's exactly."""
+    from xpcnn.export import ExportError, read_safetensors
+
+    path = Path(config.init)
+    try:
+        if path.suffix == ".npz":
+            checkpoint, stored = load_run(path)
+            state, preset = checkpoint.model, stored.model
+        else:
+            state, metadata = read_safetensors(path)
+            preset = metadata.get("preset", config.model)
+    except CheckpointError as err:  # the path is the flag's value: say only what is wrong
+        what = f"{err.field}: {err.expected}" if err.field else err.expected
+        raise ConfigError("init", config.init, what) from None
+    except ExportError as err:
+        raise ConfigError("init", config.init, str(err)) from None
+    if preset != config.model:
+        raise ConfigError("init", config.init, f"holds a {preset} network, not {config.model}")
+    try:
+        model.load_state_dict(state)
+    except ValueError as err:
+        raise ConfigError("init", config.init, f"does not fit this {config.model}: {err}") from None
 
 
 def _train_batches(
