@@ -211,13 +211,16 @@ def test_download_with_a_wrong_checksum_saves_nothing(
     assert list((data_home / "mnist").iterdir()) == []
 
 
-def test_grey_idx_folder_trains_the_seed_network_end_to_end(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("model", "stem"), [("seed", "Conv2D(1, 32"), ("resnet20", "Conv2D(1, 16")]
+)
+def test_grey_idx_folder_trains_a_preset_end_to_end(tmp_path, monkeypatch, capsys, model, stem):
     from xpcnn.cli import main
 
     write_idx_folder(tmp_path / "mnist-folder", train=(0, 80), test=(1, 20))
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "--data", "mnist-folder", "--model", "seed", "--epochs", "1", "--limit", "64"]
+    argv = ["train", "--data", "mnist-folder", "--model", model, "--epochs", "1", "--limit", "64"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Conv2D(1, 32, kernel_size=(3, 3)" in out and "image of shape (1, 28, 28)" in out
+    assert f"{stem}, kernel_size=(3, 3)" in out and "image of shape (1, 28, 28)" in out
     assert "(20 images)" in out  # scored on the folder's own t10k split
