@@ -126,6 +126,23 @@ def test_a_two_rank_checkpoint_evaluates_alone_and_resumes_on_any_number_of_rank
 
 
 @needs_mpi
+def test_a_two_rank_resnet_validates_the_model_its_checkpoint_holds(tmp_path):
+    """BatchNorm's running statistics, kept by each rank from its own share, are averaged over
+    the ranks before validation: the checkpoint, scored alone, gives the recorded scores."""
+    data = write_folder(tmp_path / "colours", per_class=20)
+    trained = launch(2, "train", "--data", data, "--model", "resnet20", "--epochs", 1,
+                     "--batch-size", 16, "--out", tmp_path / "run", cwd=tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    recorded = history(tmp_path / "run" / "checkpoint.npz")[-1]
+    scored = launch(1, "eval", "--checkpoint", tmp_path / "run" / "checkpoint.npz", "--split",
+                    "val", "--json", cwd=tmp_path)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    result = json.loads(scored.stdout)
+    assert result["accuracy"] == recorded["val_acc"]
+    assert result["loss"] == pytest.approx(recorded["val_loss"], rel=1e-5)
+
+
+@needs_mpi
 def test_bad_input_under_mpiexec_is_one_line_of_ours_and_ends_the_job(tmp_path):
     started = time.monotonic()
     result = launch(2, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "run",

@@ -47,6 +47,9 @@ class Communicator:
     def average_gradients(self, model: Any, count: int) -> None:
         pass
 
+    def average_buffers(self, model: Any) -> None:
+        pass
+
     def sum(self, values: list[float]) -> list[float]:
         return list(values)
 
@@ -100,6 +103,18 @@ class MPI(Communicator):
             group.reduced[-1] = count
             self._allreduce(group.reduced)
             grads /= group.reduced[-1]
+
+    def average_buffers(self, model: Any) -> None:
+        """BatchNorm's running statistics, which each rank kept from its own share of every
+        batch, averaged over the ranks (exactly the whole batches' running means; the variances'
+        mean leaves out the spread between the ranks' means): once an epoch, before validation,
+        so that every rank then holds the one model that the checkpoint saves and validation
+        scores."""
+        for group in FlatState.of(model).groups:
+            buffers = group.state[group.size :]  # the float buffers follow the parameters
+            if buffers.shape[0]:
+                self._allreduce(buffers)
+                buffers /= self.size
 
     def _allreduce(self, buffer: Any) -> None:
         if self.nccl is not None:

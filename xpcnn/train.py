@@ -233,6 +233,7 @@ def fit(
                 raise Interrupted(epoch + 2)  # the next one
             for callback in callbacks:
                 callback.on_batch_end(progress)
+        comm.average_buffers(model)
         synchronize()
         check_finite(progress, at_step=False)
         running = progress.running()

@@ -79,7 +79,7 @@ def eval(args: argparse.Namespace) -> int:
         out=args.out, log=log,
     )  # fmt: skip
     if args.json:
-        print(json.dumps({key: result[key] for key in ("accuracy", "n", "per_class")}))
+        print(json.dumps({key: result[key] for key in ("accuracy", "loss", "n", "per_class")}))
         return 0
     what = "all of it" if result["split"] == "all" else f"its {result['split']} split"
     print(
