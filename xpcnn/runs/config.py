@@ -46,8 +46,8 @@ class TrainConfig:
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9  # SGD only
-    nesterov: bool = True  # SGD only
+    momentum: float = 0.9  # SGD and Muon
+    nesterov: bool = True  # SGD and Muon
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
@@ -58,6 +58,7 @@ class TrainConfig:
     limit: int | None = None  # train on a stratified subset of this many training images
     image_size: int | None = None  # None: the images' own (square) size
     init: str | None = None  # start from these weights (.safetensors, checkpoint .npz): a path
+    time: float | None = None  # a budget in seconds: the run plans its epochs to fit (budget.py)
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> TrainConfig:
@@ -66,6 +67,9 @@ class TrainConfig:
         unknown = sorted(set(options) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"TrainConfig: unknown settings {unknown}")
+        if options.get("time") is not None and "epochs" in options:
+            raise ConfigError("epochs", options["epochs"], "cannot be given with a time budget, "
+                              "which plans the epochs")  # fmt: skip
         name = options.get("model", cls.model)
         if name not in PRESETS:
             raise ConfigError("model", name, f"expected one of {', '.join(PRESETS)}")
@@ -97,7 +101,7 @@ class TrainConfig:
             _check(self, name, _real(value) and 0 <= value < math.inf, "a number >= 0")
         for name in ("nesterov", "augment", "tta"):
             _check(self, name, isinstance(getattr(self, name), bool), "true or false")
-        if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
+        if self.optimizer in ("sgd", "muon") and self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov", True, "needs momentum > 0")
         _choice(self, "schedule", SCHEDULES)
         for name in ("label_smoothing", "val_split"):
@@ -114,6 +118,8 @@ class TrainConfig:
                    f"at least {smallest} for the {self.model} preset")  # fmt: skip
             problem = Limits.from_env().image_problem(self.image_size, self.image_size)
             _check(self, "image_size", problem is None, str(problem))
+        _check(self, "time", self.time is None or (_real(self.time) and self.time > 0),
+               "a positive number of seconds")  # fmt: skip
         _check(self, "init", self.init is None or (isinstance(self.init, str) and self.init != ""),
                "a .safetensors or checkpoint .npz file")  # fmt: skip
 
@@ -135,8 +141,12 @@ class TrainConfig:
     def describe(self, mirrored: bool = True) -> str:
         """The resolved recipe in one line (for data whose images are `mirrored` or not)."""
         parts = [f"{self.optimizer} lr {self.lr:g} ({self.schedule})"]
-        if self.optimizer == "sgd" and self.momentum:
+        if self.optimizer in ("sgd", "muon") and self.momentum:
             parts.append(f"{'nesterov ' if self.nesterov else ''}momentum {self.momentum:g}")
+        if self.optimizer == "muon":
+            parts.append(
+                "convolution filters orthogonalised (Muon: lr 0.24·schedule, momentum 0.6)"
+            )
         parts.append(f"weight decay {self.weight_decay:g}")
         parts.append(f"batch {self.batch_size}, {self.epochs} epoch{'s' * (self.epochs != 1)}")
         preset = PRESETS[self.model]
@@ -154,6 +164,8 @@ class TrainConfig:
             parts.append("TTA at evaluation")
         if self.init:
             parts.append(f"starting from {self.init}")
+        if self.time:
+            parts.append(f"epochs planned for a time budget of {self.time:g} s")
         return ", ".join(parts)
 
 
