@@ -13,6 +13,7 @@ from xpcnn.export import DEFAULT_OPSET, MIN_OPSET
 from xpcnn.info import cpu_count
 from xpcnn.models import PRESETS
 from xpcnn.optim import OPTIMIZERS, SCHEDULES
+from xpcnn.runs.budget import parse_duration
 from xpcnn.runs.config import TrainConfig
 from xpcnn.runs.scoring import EVAL_BATCH
 
@@ -44,11 +45,22 @@ _non_negative = _number(float, 0.0, float("inf"), "a number >= 0")
 _fraction = _number(float, 0.0, 1.0, "a fraction in [0, 1)")
 _seed = _number(int, 0, 2**63, "an integer >= 0")
 
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # flag -> (type or action, metavar, help); every default is the preset's recipe or TrainConfig's
 _TRAIN_FLAGS: dict[str, tuple[Any, str | None, str]] = {
     "--data": (str, "SOURCE", "cifar10 (the default), cifar100[-coarse], mnist, fashion-mnist "
                "(downloaded once), their files, or an image folder/archive ROOT/<class>/*.png|jpg"),
     "--epochs": (_positive_int, "N", "(default: the preset's recipe)"),
+    "--time": (_duration, "DURATION", "a time budget instead of --epochs (90s, 30m, 1h30m): the "
+               "run times its first steps and trains the epochs that fit, validation, "
+               "checkpoints and the final score included"),
     "--batch-size": (_positive_int, "B", "(default: the preset's recipe)"),
     "--lr": (_non_negative, "X", "peak learning rate (default: the recipe's; 0.001 for adam and "
              "adamw when the recipe uses sgd)"),

@@ -17,6 +17,7 @@ from xpcnn.runs.config import ConfigError, TrainConfig
 
 # 1: before `schema` and the `tta` setting (xpcnn 0.1.0 as first released); 2: before the
 # airbench `fast` preset (its runs name the network now called `fast-v1`); 3: before `init`
+# and `time`
 SCHEMA = 4
 MODEL_ARGS = ("num_classes", "in_channels", "image_size")
 HISTORY_NUMBERS = ("train_loss", "train_acc", "lr", "seconds", "images_per_s")
@@ -173,7 +174,7 @@ def _migrate(meta: dict[str, Any], check: _Checker) -> dict[str, Any]:
     if schema == 1 and isinstance(meta.get("config"), dict):
         meta["config"] = {"tta": False, **meta["config"]}
     if schema <= 3 and isinstance(meta.get("config"), dict):
-        meta["config"] = {"init": None, **meta["config"]}
+        meta["config"] = {"init": None, "time": None, **meta["config"]}
     if schema <= 2:
         for holder, key in ((meta.get("config"), "model"), (meta.get("model"), "name")):
             if isinstance(holder, dict) and holder.get(key) == "fast":

@@ -24,15 +24,17 @@ from xpcnn.callbacks import (
     StopOnSignal,
     TerminateOnNaN,
 )
-from xpcnn.checkpoint import Checkpoint, CheckpointError
+from xpcnn.checkpoint import Checkpoint
 from xpcnn.data import Batches, Dataset, channel_stats, load_dataset, train_val_indices
 from xpcnn.distributed import Communicator
-from xpcnn.models import INIT_IMAGES, LOOKAHEAD_MIN_STEPS, PRESETS, build_model
-from xpcnn.optim import OPTIMIZERS, Lookahead, make_schedule
+from xpcnn.models import PRESETS, build_model
+from xpcnn.optim import make_schedule
+from xpcnn.runs import budget
 from xpcnn.runs.config import ConfigError, TrainConfig
 from xpcnn.runs.folder import RunFolder, RunFolderError
-from xpcnn.runs.record import RunRecord, load_run, restore_model, restore_optimizer
+from xpcnn.runs.record import RunRecord, restore_model, restore_optimizer
 from xpcnn.runs.scoring import eval_batches, score
+from xpcnn.runs.setup import init_from_data, load_init, make_optimizer
 from xpcnn.train import Callback, Interrupted, TrainingDiverged, fit
 
 Log = Callable[[str], None]
@@ -109,14 +111,15 @@ def train(
     comm: an `xpcnn.distributed` communicator to train data-parallel on its ranks; rank 0
         alone logs, runs `callbacks` and writes the run folder, and its weights start every rank.
     """
+    started = time.perf_counter()  # a time budget counts from here
     comm = comm if comm is not None else Communicator()
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     out = comm.broadcast(out)  # rank 0's clock names the folder
     if not comm.is_root:
-        start = prepare(options, comm.broadcast(None), lambda line: None, comm)
+        start = prepare(options, comm.broadcast(None), lambda line: None, comm, started)
         return {"out": out, "history": _fit(start, None, lambda line: None, (), comm)}
     with RunFolder.open(out, resume=resume, force=force) as folder:
-        start = prepare(options, comm.broadcast(folder.resumed), log, comm)
+        start = prepare(options, comm.broadcast(folder.resumed), log, comm, started, folder.path)
         log(f"run folder: {out}")
         folder.start()
         if not plots.available():
@@ -130,10 +133,14 @@ def prepare(
     resumed: tuple[Checkpoint, RunRecord] | None,
     log: Log,
     comm: Any = None,
+    started: float | None = None,
+    folder: Path | None = None,
 ) -> Start:
     """Resolve the settings, load and split the data, build or restore model and optimizer
     (with several ranks: rank 0 loads the data first, so only it writes the decoded cache,
-    and its weights are broadcast)."""
+    and its weights are broadcast). A time budget counts from `started` (perf_counter) and
+    probes the writes in the run's `folder`."""
+    started = time.perf_counter() if started is None else started
     comm = comm if comm is not None else Communicator()
     if resumed is None:
         config = TrainConfig.resolve(options)
@@ -168,15 +175,21 @@ def prepare(
         )  # fmt: skip
         model = build_model(record.model, **record.model_args)
         if config.init is None:
-            _init_from_data(model, config, train_set, mean, std)
+            init_from_data(model, config, train_set, mean, std)
         else:
-            _load_init(model, config)
+            load_init(model, config)
     else:
         checkpoint, stored = resumed
         record = replace(stored, config=config)
         model = restore_model(checkpoint, record)
     comm.broadcast_state(model)  # before the optimizer copies it (Lookahead)
     train_batches = _train_batches(config, record, train_set, comm)
+    if resumed is None and config.time is not None:  # resumed: the stored epochs are the plan
+        measured = budget.plan(config, model, train_batches, val_set, dataset, mean, std, comm,
+                               started, folder)  # fmt: skip
+        config = budget.fitted(config, measured)
+        record = replace(record, config=config)
+        log(measured.describe())
     optimizer = make_optimizer(config, model, total_steps=config.epochs * len(train_batches))
     if resumed is not None:
         restore_optimizer(resumed[0], optimizer)
@@ -201,47 +214,6 @@ def prepare(
     return Start(config, record, dataset, train_set, val_set, model, optimizer, train_batches)
 
 
-def _init_from_data(
-    model: Any, config: TrainConfig, train_set: Dataset, mean: Any, std: Any
-) -> None:
-    """The preset's data-dependent initialisation, from up to INIT_IMAGES training images spread
-    evenly over the training split, normalised as training sees them."""
-    init = PRESETS[config.model].init_from_data
-    if init is None:
-        return
-    step = max(len(train_set) // INIT_IMAGES, 1)
-    sample = train_set.subset(np.arange(0, len(train_set), step)[:INIT_IMAGES])
-    x, _ = next(eval_batches(sample, mean, std, batch_size=len(sample)).epoch(0))
-    init(model, x)
-
-
-def _load_init(model: Any, config: TrainConfig) -> None:
-    """Start from `config.init`'s weights: a .safetensors file (xpcnn's export, or a PyTorch
-    state dict with the preset's keys, as `safetensors.torch.save_file` writes it) or a run's
-    checkpoint .npz. Keys and shapes must be the network's exactly."""
-    from xpcnn.export import ExportError, read_safetensors
-
-    path = Path(config.init)
-    try:
-        if path.suffix == ".npz":
-            checkpoint, stored = load_run(path)
-            state, preset = checkpoint.model, stored.model
-        else:
-            state, metadata = read_safetensors(path)
-            preset = metadata.get("preset", config.model)
-    except CheckpointError as err:  # the path is the flag's value: say only what is wrong
-        what = f"{err.field}: {err.expected}" if err.field else err.expected
-        raise ConfigError("init", config.init, what) from None
-    except ExportError as err:
-        raise ConfigError("init", config.init, str(err)) from None
-    if preset != config.model:
-        raise ConfigError("init", config.init, f"holds a {preset} network, not {config.model}")
-    try:
-        model.load_state_dict(state)
-    except ValueError as err:
-        raise ConfigError("init", config.init, f"does not fit this {config.model}: {err}") from None
-
-
 def _train_batches(
     config: TrainConfig, record: RunRecord, train_set: Dataset, comm: Any
 ) -> Batches:
@@ -257,19 +229,6 @@ def _train_batches(
         alternate_flip=config.augment and preset.alternate_flip and train_set.mirrored,
         drop_last=preset.drop_last and len(train_set) >= config.batch_size,
     )  # fmt: skip
-
-
-def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
-    """The run's optimizer, with the preset's Lookahead when the run has `total_steps` of at
-    least LOOKAHEAD_MIN_STEPS."""
-    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if config.optimizer == "sgd":
-        kwargs |= {"momentum": config.momentum, "nesterov": config.nesterov}
-    optimizer = OPTIMIZERS[config.optimizer](model, **kwargs)
-    every = PRESETS[config.model].lookahead
-    if every and total_steps >= LOOKAHEAD_MIN_STEPS:
-        Lookahead(total_steps, every=every).attach(optimizer)
-    return optimizer
 
 
 def _fit(
