@@ -143,6 +143,19 @@ def test_a_two_rank_resnet_validates_the_model_its_checkpoint_holds(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.slow  # a 20-second budget
+def test_two_ranks_train_rank_0s_plan_of_a_time_budget(tmp_path):
+    data = write_folder(tmp_path / "noise", per_class=20, noise=True)
+    run = launch(2, "train", "--data", data, "--time", "20s", "--out", tmp_path / "run",
+                 cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    planned = [line for line in run.stdout.splitlines() if line.startswith("time budget 20s: ")]
+    assert len(planned) == 1  # rank 0 alone says it
+    epochs = int(planned[0].split(": ")[-1].split(" epoch")[0].rsplit(" ", 1)[-1])
+    assert len(history(tmp_path / "run" / "checkpoint.npz")) == epochs
+
+
+@needs_mpi
 def test_bad_input_under_mpiexec_is_one_line_of_ours_and_ends_the_job(tmp_path):
     started = time.monotonic()
     result = launch(2, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "run",
