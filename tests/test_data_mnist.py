@@ -212,7 +212,8 @@ def test_download_with_a_wrong_checksum_saves_nothing(
 
 
 @pytest.mark.parametrize(
-    ("model", "stem"), [("seed", "Conv2D(1, 32"), ("resnet20", "Conv2D(1, 16")]
+    ("model", "stem"),
+    [("seed", "Conv2D(1, 32"), pytest.param("resnet20", "Conv2D(1, 16", marks=pytest.mark.slow)],
 )
 def test_grey_idx_folder_trains_a_preset_end_to_end(tmp_path, monkeypatch, capsys, model, stem):
     from xpcnn.cli import main
