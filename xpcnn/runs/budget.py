@@ -126,6 +126,7 @@ def plan(
         synchronize()
         if index:
             times.append(time.perf_counter() - begun)
+    step_seconds = float(np.median(times))
     share = np.array_split(np.arange(len(val_set)), comm.size)[comm.rank]
     per_image = _eval_seconds_per_image(model, val_set.subset(share[:512]), mean, std)
     validation = per_image * len(share)
@@ -135,22 +136,21 @@ def plan(
         begun = time.perf_counter()
         fit(model, train_batches, optimizer=optimizer, epochs=epochs, val=val, comm=comm)
         whole = (time.perf_counter() - begun) / epochs  # an epoch's steps and validation
-        times.append((whole - validation) / len(train_batches))
+        step_seconds = max(step_seconds, (whole - validation) / len(train_batches))
     writes = 3 * _write_seconds(folder, model, optimizer)  # checkpoint, best, history
     model.load_state_dict(saved)  # the provisional optimizer's momentum is dropped with it
     views = (6 if dataset.mirrored else 3) if config.tta else 1
     final_images = len(dataset) * TEST_SHARE if dataset.has_test else len(val_set)
     measured = Plan(
         budget=float(config.time),
-        step=max(times[-1], float(np.median(times))),  # short epochs: the whole epochs' cost
+        step=step_seconds,
         steps=len(train_batches),
         validation=validation,
         writes=writes,
-        final=per_image * final_images * views / comm.size + 5 * _draw_seconds(folder),
-        spent=0.0,
+        final=per_image * final_images * views + 5 * _draw_seconds(folder),  # rank 0 scores
+        spent=time.perf_counter() - started,
     )
-    measured = comm.broadcast(measured)
-    return replace(measured, spent=time.perf_counter() - started)
+    return comm.broadcast(measured)  # one plan: every rank trains the same epochs
 
 
 def fitted(config: TrainConfig, measured: Plan) -> TrainConfig:
