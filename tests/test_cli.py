@@ -100,7 +100,7 @@ def test_eval_json_prints_exactly_one_object(run, env, workdir, folder):
                    env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)  # the whole of stdout is one JSON document
-    assert set(scores) == {"accuracy", "n", "per_class"}
+    assert set(scores) == {"accuracy", "loss", "n", "per_class"}
     assert scores["n"] == 60 and set(scores["per_class"]) == set(CLASSES)
     assert 0.0 <= scores["accuracy"] <= 1.0
     assert (plots / "confusion.png").is_file()

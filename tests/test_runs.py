@@ -154,7 +154,7 @@ def test_a_schema_3_record_started_from_no_weights():
     meta.update(schema=3, config={"tta": False, **meta["config"]})
     assert RunRecord.from_json(meta, "v3.npz").config.init is None
     meta["schema"] = 4  # a current record must say where its weights came from
-    with pytest.raises(RecordError, match=r"missing \['init'\]"):
+    with pytest.raises(RecordError, match=r"missing \['init', 'time'\]"):
         RunRecord.from_json(meta, "v4.npz")
 
 
@@ -373,7 +373,7 @@ def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch)
     ends where an uninterrupted one does, slow copies included; and the syncs change the result."""
     from cli_harness import arrays, write_folder
 
-    import xpcnn.runs.training
+    import xpcnn.runs.setup
     from xpcnn.runs import TrainingInterrupted, train
     from xpcnn.train import Callback
 
@@ -386,7 +386,7 @@ def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch)
                "val_split": 1 / 3, "tta": False}  # fmt: skip
 
     train(options, tmp_path / "plain")  # below LOOKAHEAD_MIN_STEPS: no Lookahead
-    monkeypatch.setattr(xpcnn.runs.training, "LOOKAHEAD_MIN_STEPS", 1)
+    monkeypatch.setattr(xpcnn.runs.setup, "LOOKAHEAD_MIN_STEPS", 1)
     train(options, tmp_path / "whole")
     with pytest.raises(TrainingInterrupted):
         train(options, tmp_path / "resumed", callbacks=[StopAfterOneEpoch()])
