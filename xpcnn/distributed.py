@@ -10,6 +10,8 @@ average the gradients (all of them in one buffer, one call per step), sum a few 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from xpcnn.backend.collectives import host_buffer, nccl_available, nccl_sum
 from xpcnn.layers.flat import FlatState
 
 # set by the launchers of Open MPI, MPICH / Intel MPI (PMI) and PMIx
+ABORT_GRACE_S = 0.5  # for the launcher to forward the last lines before the job ends
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 # the rank among those on this machine: Open MPI, MPICH's Hydra, Slurm's srun
@@ -160,6 +163,11 @@ def abort_job(code: int) -> None:
         except ImportError:
             return
         if mpi.Is_initialized() and not mpi.Is_finalized():
+            # the launcher forwards each rank's output through its daemon, and Abort kills the
+            # job at once: the error line written just before was lost now and then under load
+            sys.stdout.flush()
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
             mpi.COMM_WORLD.Abort(code)
 
 
