@@ -225,3 +225,29 @@ def test_grey_idx_folder_trains_a_preset_end_to_end(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert f"{stem}, kernel_size=(3, 3)" in out and "image of shape (1, 28, 28)" in out
     assert "(20 images)" in out  # scored on the folder's own t10k split
+
+
+def test_a_digits_run_predicts_grey_files_without_mirror_views(tmp_path):
+    from PIL import Image
+
+    from xpcnn.runs import load_run, predict_images, restore_model, train
+    from xpcnn.runs.scoring import eval_batches
+    from xpcnn.train import predict
+
+    splits = write_idx_folder(tmp_path / "digits", train=(0, 40), test=(1, 3))
+    train({"data": str(tmp_path / "digits"), "epochs": 1, "batch_size": 16}, tmp_path / "run")
+    checkpoint, record = load_run(tmp_path / "run" / "checkpoint.npz")
+    assert record.mirrored is False
+    digits = splits["test"][0]
+    files = []
+    for i, digit in enumerate(digits):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(digit).save(files[-1])  # mode "L": read back as RGB, made grey again
+    predicted = predict_images(tmp_path / "run" / "checkpoint.npz", files, top=10, tta=True)
+    model = restore_model(checkpoint, record)
+    test = load_dataset(tmp_path / "digits", split="test")
+    batches = eval_batches(test, record.mean, record.std)
+    expected = predict(model, batches, tta=True, mirror=False)
+    for (_, top), probabilities in zip(predicted, expected, strict=True):
+        for label, p in top:
+            assert p == pytest.approx(float(probabilities[int(label)]), abs=1e-6)

@@ -81,6 +81,12 @@ def read_image_files(paths: Iterable[str | os.PathLike], size: tuple[int, int]) 
     return images
 
 
+def to_grey(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3, H, W) RGB as (N, 1, H, W) luminance, as Pillow's convert("L") computes it."""
+    r, g, b = (images[:, c].astype(np.uint32) for c in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
+
+
 def _folder_entries(
     root: Path, limits: Limits, notes: list[str]
 ) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:

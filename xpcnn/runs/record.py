@@ -16,8 +16,8 @@ from xpcnn.models import PRESETS, build_model
 from xpcnn.runs.config import ConfigError, TrainConfig
 
 # 1: before `schema` and the `tta` setting (xpcnn 0.1.0 as first released); 2: before the
-# airbench `fast` preset (its runs name the network now called `fast-v1`); 3: before `init`
-# and `time`
+# airbench `fast` preset (its runs name the network now called `fast-v1`); 3: before `init`,
+# `time` and `mirrored`
 SCHEMA = 4
 MODEL_ARGS = ("num_classes", "in_channels", "image_size")
 HISTORY_NUMBERS = ("train_loss", "train_acc", "lr", "seconds", "images_per_s")
@@ -43,6 +43,7 @@ class RunRecord:
     history: tuple[dict[str, Any], ...] = ()  # one row per finished epoch
     xpcnn_version: str = xpcnn.__version__
     backend: str = "numpy"
+    mirrored: bool = True  # the data's mirror images are of their class (`Dataset.mirrored`)
 
     @property
     def model(self) -> str:
@@ -89,6 +90,7 @@ class RunRecord:
             "epoch": self.epoch,
             "history": [dict(row) for row in self.history],
             "best": list(self.best) if self.best is not None else None,
+            "mirrored": self.mirrored,
         }
 
     @classmethod
@@ -132,7 +134,7 @@ class RunRecord:
         return cls(
             config, args, tuple(classes), mean, std, **sizes, history=history,
             xpcnn_version=check.get(meta, "xpcnn_version", str),
-            backend=check.get(meta, "backend", str),
+            backend=check.get(meta, "backend", str), mirrored=check.get(meta, "mirrored", bool),
         )  # fmt: skip
 
 
@@ -175,6 +177,8 @@ def _migrate(meta: dict[str, Any], check: _Checker) -> dict[str, Any]:
         meta["config"] = {"tta": False, **meta["config"]}
     if schema <= 3 and isinstance(meta.get("config"), dict):
         meta["config"] = {"init": None, "time": None, **meta["config"]}
+    if schema <= 3:  # before digits: every dataset was mirrored
+        meta.setdefault("mirrored", True)
     if schema <= 2:
         for holder, key in ((meta.get("config"), "model"), (meta.get("model"), "name")):
             if isinstance(holder, dict) and holder.get(key) == "fast":

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from xpcnn.data import Batches, Dataset, load_dataset, train_val_indices
-from xpcnn.data.images import read_image_files, resize_images
+from xpcnn.data.images import read_image_files, resize_images, to_grey
 from xpcnn.runs.record import RunRecord, load_run, restore_model
 from xpcnn.train import evaluate, predict
 
@@ -167,13 +167,16 @@ def predict_images(
     tta: bool | None = None,
 ) -> list[tuple[str, list[tuple[str, float]]]]:  # fmt: skip
     """For each image file: its `top` most probable classes with their probabilities. tta: None
-    uses the run's recipe."""
+    uses the run's recipe (without mirror views when the run's data had none: digits)."""
     checkpoint, record = load_run(checkpoint_path)
     pixels = read_image_files(images, (record.image_size, record.image_size))
+    if record.model_args["in_channels"] == 1:  # a run on grey images (MNIST): their luminance
+        pixels = to_grey(pixels)
     model = restore_model(checkpoint, record)
     dataset = Dataset(pixels, np.zeros(len(pixels), np.int64), list(record.classes))
     tta = record.config.tta if tta is None else tta
-    probabilities = predict(model, eval_batches(dataset, record.mean, record.std), tta=tta)
+    batches = eval_batches(dataset, record.mean, record.std)
+    probabilities = predict(model, batches, tta=tta, mirror=record.mirrored)
     results = []
     for name, p in zip(images, probabilities, strict=True):
         best = np.argsort(-p, kind="stable")[:top]

@@ -171,7 +171,7 @@ def prepare(
              "image_size": size},
             tuple(dataset.classes), tuple(map(float, mean)), tuple(map(float, std)),
             data_size=len(dataset), train_size=len(train_set), val_size=len(val_set),
-            backend=backend_name(),
+            backend=backend_name(), mirrored=dataset.mirrored,
         )  # fmt: skip
         model = build_model(record.model, **record.model_args)
         if config.init is None:
