@@ -295,7 +295,7 @@ def _log_probabilities(model: Any, x: Any, tta: bool, mirror: bool = True) -> An
     views = [(x, 0.5 / halves)] + [(translate(x, step), 0.25 / halves) for step in (-1, 1)]
     parts = []
     for view, weight in views:
-        for image in (view, xp.flip(view, axis=3))[:halves]:
+        for image in (view, xp.flip(view, axis=3)) if mirror else (view,):
             parts.append(log_softmax(model(image)) + math.log(weight))
     total = parts[0]
     for part in parts[1:]:  # Σ weight·p in log space
