@@ -397,3 +397,5 @@ def test_a_run_with_lookahead_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert sorted(whole) == sorted(resumed)
     assert [k for k in whole if not np.array_equal(whole[k], resumed[k])] == []
     assert not np.array_equal(whole["model/2.weight"], plain["model/2.weight"])
+    train(options | {"optimizer": "muon"}, tmp_path / "muon")  # airbench94_muon: no Lookahead
+    assert not [k for k in arrays(tmp_path / "muon" / "checkpoint.npz") if "optim/slow." in k]

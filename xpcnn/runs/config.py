@@ -155,7 +155,7 @@ class TrainConfig:
         flip = f" + {flip}" if mirrored and flips else ""
         crop = preset.augmentation.crop_padding
         parts.append(f"augment crop {crop}{flip}" if self.augment else "no augmentation")
-        if preset.lookahead:
+        if preset.lookahead and self.optimizer != "muon":
             parts.append(f"lookahead every {preset.lookahead} steps (runs of "
                          f"{LOOKAHEAD_MIN_STEPS}+ steps)")  # fmt: skip
         if self.label_smoothing:

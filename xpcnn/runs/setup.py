@@ -62,7 +62,7 @@ def load_init(model: Any, config: TrainConfig) -> None:
 
 def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
     """The run's optimizer, with the preset's Lookahead when the run has `total_steps` of at
-    least LOOKAHEAD_MIN_STEPS."""
+    least LOOKAHEAD_MIN_STEPS; Muon never takes it (airbench94_muon trains without)."""
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer in ("sgd", "muon"):
         kwargs |= {"momentum": config.momentum, "nesterov": config.nesterov}
@@ -72,6 +72,6 @@ def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
         )
     optimizer = OPTIMIZERS[config.optimizer](model, **kwargs)
     every = PRESETS[config.model].lookahead
-    if every and total_steps >= LOOKAHEAD_MIN_STEPS:
+    if every and config.optimizer != "muon" and total_steps >= LOOKAHEAD_MIN_STEPS:
         Lookahead(total_steps, every=every).attach(optimizer)
     return optimizer
