@@ -138,6 +138,12 @@ class TrainConfig:
         config.validate()
         return config
 
+    @property
+    def lookahead(self) -> int:
+        """The preset's Lookahead period for this run's optimizer, 0 for none: Muon trains
+        without it (airbench94_muon does)."""
+        return 0 if self.optimizer == "muon" else PRESETS[self.model].lookahead
+
     def describe(self, mirrored: bool = True) -> str:
         """The resolved recipe in one line (for data whose images are `mirrored` or not)."""
         parts = [f"{self.optimizer} lr {self.lr:g} ({self.schedule})"]
@@ -155,8 +161,8 @@ class TrainConfig:
         flip = f" + {flip}" if mirrored and flips else ""
         crop = preset.augmentation.crop_padding
         parts.append(f"augment crop {crop}{flip}" if self.augment else "no augmentation")
-        if preset.lookahead and self.optimizer != "muon":
-            parts.append(f"lookahead every {preset.lookahead} steps (runs of "
+        if self.lookahead:
+            parts.append(f"lookahead every {self.lookahead} steps (runs of "
                          f"{LOOKAHEAD_MIN_STEPS}+ steps)")  # fmt: skip
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")

@@ -61,8 +61,8 @@ def load_init(model: Any, config: TrainConfig) -> None:
 
 
 def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
-    """The run's optimizer, with the preset's Lookahead when the run has `total_steps` of at
-    least LOOKAHEAD_MIN_STEPS; Muon never takes it (airbench94_muon trains without)."""
+    """The run's optimizer, with the config's Lookahead when the run has `total_steps` of at
+    least LOOKAHEAD_MIN_STEPS."""
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer in ("sgd", "muon"):
         kwargs |= {"momentum": config.momentum, "nesterov": config.nesterov}
@@ -71,7 +71,6 @@ def make_optimizer(config: TrainConfig, model: Any, total_steps: int) -> Any:
             isinstance(layer, BatchNorm2D) for _, layer in leaves(model)
         )
     optimizer = OPTIMIZERS[config.optimizer](model, **kwargs)
-    every = PRESETS[config.model].lookahead
-    if every and config.optimizer != "muon" and total_steps >= LOOKAHEAD_MIN_STEPS:
-        Lookahead(total_steps, every=every).attach(optimizer)
+    if config.lookahead and total_steps >= LOOKAHEAD_MIN_STEPS:
+        Lookahead(total_steps, every=config.lookahead).attach(optimizer)
     return optimizer
